@@ -1,0 +1,93 @@
+"""Starting and stopping real server processes for tests: loopback only, free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_model_dir() -> Path:
+    """The tiny model `make test` builds; built here when a test runs outside make."""
+    path = Path(os.environ.get("TINY_MODEL_DIR", REPO / ".cache" / "tiny-sd"))
+    if not (path / "model_index.json").exists():
+        subprocess.run([sys.executable, "-m", "diffusers_runtime.tiny", str(path)], check=True)
+    return path
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def wait_until_ready(server: ServerProcess, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready at {server.url}{path} after {timeout}s:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def run_server(
+    args: list[str],
+    *,
+    port: int,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+    log_path: Path,
+    timeout: float = 120,
+) -> Iterator[ServerProcess]:
+    """Run `python ARGS` with ENV added, wait for READY_PATH to answer 200, stop it after."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until_ready(server, ready_path, timeout)
+        yield server
+    finally:
+        server.stop()
