@@ -1,0 +1,251 @@
+"""The one place the pipeline runs.
+
+Diffusers pipelines are not thread-safe, and a pipeline call holds the device for seconds, so
+every call runs on one dedicated worker thread, off the event loop, one call at a time.
+Requests that can share a call (same size, steps, guidance, scheduler) are gathered into one
+batch: each keeps its own prompt and seeded generator, its own progress and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from . import metrics
+from .errors import DeviceOutOfMemory, GenerationCancelled, GenerationFailed
+from .request import Generation
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(eq=False)
+class Job:
+    generation: Generation
+    request_id: str
+    on_progress: ProgressCallback | None
+    future: asyncio.Future[list[Image.Image]]
+    enqueued: float = field(default_factory=time.monotonic)
+    started: float = 0.0
+    finished: float = 0.0
+    batch_size: int = 0
+    # Written on the event loop, read by the worker thread between steps.
+    cancelled: bool = False
+
+
+@dataclass
+class EngineResult:
+    images: list[Image.Image]
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+class Engine:
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        model_name: str,
+        max_batch_size: int,
+        batch_window_seconds: float,
+    ):
+        self._pipe = pipe
+        self._model = model_name
+        self._max_batch = max_batch_size
+        self._window = batch_window_seconds
+        self._schedulers = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
+        self._schedulers[type(pipe.scheduler).__name__] = type(pipe.scheduler)
+        self._pipes: dict[str | None, DiffusionPipeline] = {None: pipe}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        self._waiting: deque[Job] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._schedulers))
+
+    async def generate(
+        self,
+        generation: Generation,
+        request_id: str,
+        on_progress: ProgressCallback | None = None,
+    ) -> EngineResult:
+        """Run one request; cancelling the awaiting task stops its share of the work."""
+        loop = asyncio.get_running_loop()
+        if self._dispatcher is None:
+            self._arrived = asyncio.Event()
+            self._dispatcher = loop.create_task(self._dispatch(), name="pipeline-dispatcher")
+        job = Job(generation, request_id, on_progress, loop.create_future())
+        self._waiting.append(job)
+        metrics.QUEUED.labels(self._model).inc()
+        self._arrived.set()
+        try:
+            images = await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+                metrics.QUEUED.labels(self._model).dec()
+            metrics.CANCELLATIONS.labels(self._model).inc()
+            log.info("request %s cancelled by its client", request_id)
+            raise
+        return EngineResult(
+            images=images,
+            queue_seconds=job.started - job.enqueued,
+            inference_seconds=job.finished - job.started,
+            batch_size=job.batch_size,
+        )
+
+    async def _dispatch(self) -> None:
+        while True:
+            if not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if self._window > 0 and self._batchable_rows() < self._max_batch:
+                # A short wait lets a burst of concurrent requests share one call.
+                await asyncio.sleep(self._window)
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+
+    def _batchable_rows(self) -> int:
+        key = self._waiting[0].generation.batch_key()
+        return sum(
+            j.generation.num_images for j in self._waiting if j.generation.batch_key() == key
+        )
+
+    def _take_batch(self) -> list[Job]:
+        first = self._waiting.popleft()
+        batch, rows = [first], first.generation.num_images
+        key = first.generation.batch_key()
+        for job in list(self._waiting):
+            size = job.generation.num_images
+            if rows + size <= self._max_batch and job.generation.batch_key() == key:
+                self._waiting.remove(job)
+                batch.append(job)
+                rows += size
+        metrics.QUEUED.labels(self._model).dec(len(batch))
+        return [job for job in batch if not job.cancelled]
+
+    async def _run(self, batch: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        rows = sum(job.generation.num_images for job in batch)
+        started = time.monotonic()
+        for job in batch:
+            job.started = started
+            job.batch_size = rows
+            metrics.QUEUE_SECONDS.labels(self._model).observe(started - job.enqueued)
+        metrics.BATCH_SIZE.labels(self._model).observe(rows)
+        metrics.IN_FLIGHT.labels(self._model).inc(len(batch))
+        ids = ",".join(job.request_id for job in batch)
+        try:
+            images = await loop.run_in_executor(self._executor, self._call, batch, loop)
+        except GenerationCancelled as stop:
+            log.info("pipeline call for %s stopped after step %s: all cancelled", ids, stop)
+            return
+        except torch.OutOfMemoryError as exc:
+            failure = DeviceOutOfMemory(
+                f"the device ran out of memory generating {rows} image(s) of "
+                f"{batch[0].generation.width}x{batch[0].generation.height}; retry later, or "
+                "ask for fewer or smaller images (ENABLE_CPU_OFFLOAD and the slicing "
+                f"settings lower the memory need): {str(exc).splitlines()[0]}"
+            )
+            self._fail(batch, failure, "out_of_memory")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return
+        except Exception as exc:
+            log.exception("pipeline call for %s failed", ids)
+            failure = GenerationFailed(
+                f"the {type(self._pipe).__name__} call failed: {type(exc).__name__}: {exc}"
+            )
+            self._fail(batch, failure, "pipeline")
+            return
+        finally:
+            metrics.IN_FLIGHT.labels(self._model).dec(len(batch))
+        finished = time.monotonic()
+        for job in batch:
+            job.finished = finished
+            count = job.generation.num_images
+            mine, images = images[:count], images[count:]
+            if not job.future.done():
+                job.future.set_result(mine)
+
+    def _fail(self, batch: list[Job], failure: Exception, kind: str) -> None:
+        for job in batch:
+            if not job.future.done():
+                metrics.ERRORS.labels(self._model, kind).inc()
+                job.future.set_exception(failure)
+
+    def _pipe_for(self, scheduler: str | None) -> DiffusionPipeline:
+        if scheduler not in self._pipes:
+            cls = self._schedulers[scheduler]
+            # from_pipe shares every weight with the loaded pipeline; only the scheduler differs.
+            self._pipes[scheduler] = type(self._pipe).from_pipe(
+                self._pipe, scheduler=cls.from_config(self._pipe.scheduler.config)
+            )
+            self._pipes[scheduler].set_progress_bar_config(disable=True)
+        return self._pipes[scheduler]
+
+    def _call(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> list[Image.Image]:
+        """Runs on the worker thread."""
+        first = batch[0].generation
+        pipe = self._pipe_for(first.scheduler)
+        prompts, negatives, generators = [], [], []
+        for job in batch:
+            g = job.generation
+            for index in range(g.num_images):
+                prompts.append(g.prompt)
+                negatives.append(g.negative_prompt or "")
+                # Image k of a request has seed + k: any image can be made again alone.
+                generators.append(torch.Generator("cpu").manual_seed(g.seed + index))
+        last_step = [time.monotonic()]
+
+        def on_step_end(pipeline, step, _timestep, tensors):
+            now = time.monotonic()
+            metrics.STEP_SECONDS.labels(self._model).observe(now - last_step[0])
+            metrics.STEPS.labels(self._model).inc()
+            last_step[0] = now
+            live = [job for job in batch if not job.cancelled]
+            if not live:
+                # Raising (not pipe._interrupt) also skips the VAE decode.
+                raise GenerationCancelled(step + 1)
+            total = getattr(pipeline, "num_timesteps", None) or first.num_inference_steps
+            for job in live:
+                if job.on_progress is not None:
+                    loop.call_soon_threadsafe(job.on_progress, step + 1, total)
+            return tensors
+
+        kwargs = {
+            "prompt": prompts,
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.num_inference_steps,
+            "guidance_scale": first.guidance_scale,
+            "generator": generators,
+            "callback_on_step_end": on_step_end,
+        }
+        if first.negative_prompt is not None:
+            kwargs["negative_prompt"] = negatives
+        with torch.inference_mode():
+            return pipe(**kwargs).images
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,228 @@
+"""DiffusersModel: the KServe model. Turns v1 instances and v2 tensors into generations for
+the engine, and the engine's images into KServe responses."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import kserve
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from . import metrics
+from .encoding import PIL_FORMATS, encoded_image
+from .engine import Engine, ProgressCallback
+from .errors import BadRequest, RuntimeFailure
+from .loading import LoadedPipeline, load_pipeline
+from .logs import request_id as current_request_id
+from .request import Generation, Limits, parse
+from .settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, schedulers: tuple[str, ...]):
+    pipe = loaded.pipe
+    vae_factor = getattr(pipe, "vae_scale_factor", 8)
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    config = getattr(denoiser, "config", {})
+    patch = config.get("patch_size", 1) or 1
+    sample = getattr(pipe, "default_sample_size", None) or config.get("sample_size", 64)
+    default_side = sample * vae_factor
+    while default_side * default_side > settings.max_pixels:
+        default_side //= 2
+    return Limits(
+        max_pixels=settings.max_pixels,
+        max_steps=settings.max_steps,
+        max_images_per_request=settings.max_images_per_request,
+        max_prompt_chars=settings.max_prompt_chars,
+        size_multiple=vae_factor * patch,
+        default_width=default_side,
+        default_height=default_side,
+        default_steps=min(settings.default_steps, settings.max_steps),
+        default_guidance_scale=settings.default_guidance_scale,
+        schedulers=schedulers,
+        supports_negative_prompt="negative_prompt" in inspect.signature(pipe.__call__).parameters,
+    )
+
+
+class DiffusersModel(kserve.Model):
+    def __init__(self, name: str, settings: RuntimeSettings):
+        super().__init__(name)
+        self.settings = settings
+        self.loaded: LoadedPipeline | None = None
+        self.engine: Engine | None = None
+        self.limits: Limits | None = None
+
+    def load(self) -> bool:
+        self.loaded = load_pipeline(self.settings)
+        self.engine = Engine(
+            self.loaded.pipe,
+            self.name,
+            max_batch_size=self.settings.max_batch_size,
+            batch_window_seconds=self.settings.batch_window_ms / 1000,
+        )
+        self.limits = limits_for(self.loaded, self.settings, self.engine.scheduler_names)
+        self.ready = True
+        return self.ready
+
+    def capabilities(self) -> dict[str, Any]:
+        limits = self.limits
+        return {
+            "model_name": self.name,
+            "pipeline": type(self.loaded.pipe).__name__,
+            "device": self.loaded.device,
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "max_pixels": limits.max_pixels,
+            "max_steps": limits.max_steps,
+            "max_images_per_request": limits.max_images_per_request,
+            "max_prompt_chars": limits.max_prompt_chars,
+            "size_multiple": limits.size_multiple,
+            "default_width": limits.default_width,
+            "default_height": limits.default_height,
+            "default_steps": limits.default_steps,
+            "default_guidance_scale": limits.default_guidance_scale,
+            "schedulers": list(limits.schedulers),
+            "output_formats": list(PIL_FORMATS),
+            "max_batch_size": self.settings.max_batch_size,
+        }
+
+    async def run(
+        self, generation: Generation, route: str, on_progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """Generate and encode one request's images: one v1 prediction."""
+        started = time.monotonic()
+        try:
+            result = await self.engine.generate(generation, current_request_id.get(), on_progress)
+            encode_started = time.monotonic()
+            images = await asyncio.to_thread(
+                lambda: [encoded_image(i, generation.output_format) for i in result.images]
+            )
+        except asyncio.CancelledError:
+            metrics.REQUESTS.labels(self.name, route, "cancelled").inc()
+            raise
+        except RuntimeFailure:
+            metrics.REQUESTS.labels(self.name, route, "error").inc()
+            raise
+        done = time.monotonic()
+        metrics.REQUESTS.labels(self.name, route, "ok").inc()
+        metrics.IMAGES.labels(self.name).inc(len(images))
+        metrics.GENERATION_SECONDS.labels(self.name).observe(done - started)
+        log.info(
+            "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (batch of %d)",
+            len(images), generation.width, generation.height,
+            generation.num_inference_steps, generation.seed, (done - started) * 1000,
+            result.batch_size,
+        )  # fmt: skip
+        return {
+            "model_name": self.name,
+            "prompt": generation.prompt,
+            "negative_prompt": generation.negative_prompt,
+            "image": images[0],
+            "images": images,
+            "seed": generation.seed,
+            "seeds": [generation.seed + k for k in range(generation.num_images)],
+            "width": generation.width,
+            "height": generation.height,
+            "num_inference_steps": generation.num_inference_steps,
+            "guidance_scale": generation.guidance_scale,
+            "scheduler": generation.scheduler or type(self.loaded.pipe.scheduler).__name__,
+            "output_format": generation.output_format,
+            "timings": {
+                "queue_ms": round(result.queue_seconds * 1000, 1),
+                "inference_ms": round(result.inference_seconds * 1000, 1),
+                "encode_ms": round((done - encode_started) * 1000, 1),
+                "total_ms": round((done - started) * 1000, 1),
+            },
+            "batch_size": result.batch_size,
+        }
+
+    async def run_all(self, generations: list[Generation], route: str) -> list[dict[str, Any]]:
+        # A task group cancels the siblings when one instance fails: no orphaned work.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.run(g, route)) for g in generations]
+        return [task.result() for task in tasks]
+
+    async def predict(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict | InferResponse:
+        current_request_id.set((headers or {}).get("x-request-id") or uuid.uuid4().hex[:16])
+        try:
+            if isinstance(payload, InferRequest):
+                return await self._predict_v2(payload)
+            return {"predictions": await self.run_all(self.parse_v1(payload), "predict")}
+        except* (BadRequest, RuntimeFailure) as group:
+            raise group.exceptions[0] from None
+
+    def parse_v1(self, payload: Any, exactly_one: bool = False) -> list[Generation]:
+        if isinstance(payload, bytes | str):
+            # KServe hands over the raw body when the Content-Type is not JSON.
+            try:
+                payload = json.loads(payload)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"body: not valid JSON ({exc})") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            raise BadRequest('body: expected {"instances": [{"prompt": "...", ...}]}')
+        extra = set(payload) - {"instances", "parameters"}
+        if extra:
+            raise BadRequest(f"body: unknown top-level field(s) {', '.join(sorted(extra))}")
+        instances = payload["instances"]
+        if not instances:
+            raise BadRequest("instances: at least one instance is required")
+        if exactly_one and len(instances) != 1:
+            raise BadRequest(f"instances: this route takes exactly one, got {len(instances)}")
+        defaults = payload.get("parameters") or {}
+        if not isinstance(defaults, dict):
+            raise BadRequest("parameters: must be an object of request fields")
+        return [
+            parse(
+                {**defaults, **raw} if isinstance(raw, dict) else raw,
+                self.limits,
+                f"instances[{index}].",
+            )
+            for index, raw in enumerate(instances)
+        ]
+
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
+        prompt_input = next((i for i in request.inputs if i.name == "prompt"), None)
+        if prompt_input is None or prompt_input.datatype != "BYTES":
+            raise BadRequest('inputs: a BYTES input named "prompt" is required')
+        prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in prompt_input.data]
+        fields = dict(request.parameters or {})
+        generations = [
+            parse(
+                {**fields, "prompt": prompt}, self.limits, f"inputs.prompt[{index}] / parameters."
+            )
+            for index, prompt in enumerate(prompts)
+        ]
+        predictions = await self.run_all(generations, "infer")
+        images = [image["b64"] for p in predictions for image in p["images"]]
+        fmt = generations[0].output_format
+        output = InferOutput(
+            name="image",
+            shape=[len(images)],
+            datatype="BYTES",
+            data=images,
+            parameters={"content_type": f"image/{fmt};base64"},
+        )
+        return InferResponse(
+            response_id=request.id or uuid.uuid4().hex,
+            model_name=self.name,
+            infer_outputs=[output],
+            parameters={
+                "seeds": ",".join(str(s) for p in predictions for s in p["seeds"]),
+                "width": generations[0].width,
+                "height": generations[0].height,
+            },
+        )
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": "prompt", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]

@@ -1,0 +1,56 @@
+"""RuntimeSettings: the runtime's whole configuration, read from the environment once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
+Offload = Literal["false", "true", "model", "sequential"]
+
+
+class SettingsError(SystemExit):
+    """Raised at start when the environment is wrong; exits with a message naming the variable."""
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    model_id: str = Field("/mnt/models", description="Local folder or hub id of the pipeline")
+    model_name: str = Field("model", description="Name on the KServe endpoint path")
+    dtype: Dtype = "auto"
+    enable_low_cpu_mem: bool = True
+    enable_attention_slicing: bool = False
+    enable_vae_slicing: bool = False
+    enable_cpu_offload: Offload = "false"
+    torch_threads: int | None = Field(None, ge=1)
+
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64)
+    max_steps: int = Field(100, ge=1)
+    max_images_per_request: int = Field(4, ge=1)
+    max_prompt_chars: int = Field(2000, ge=1)
+    default_steps: int = Field(20, ge=1)
+    default_guidance_scale: float = Field(7.0, ge=0)
+
+    # Dynamic batching: requests that can share one pipeline call wait up to the window.
+    # A batch size of 1 turns batching off.
+    max_batch_size: int = Field(4, ge=1)
+    batch_window_ms: float = Field(10.0, ge=0)
+
+    @field_validator("enable_cpu_offload", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+def load_settings() -> RuntimeSettings:
+    try:
+        return RuntimeSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err['input']!r})"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid runtime configuration: {problems}") from None
