@@ -91,3 +91,20 @@ def run_server(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def start_runtime(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    """The diffusers runtime on the tiny model, as a real process on a free loopback port.
+
+    ENV adds runtime settings (e.g. MAX_BATCH_SIZE="1"); the model is named `model`.
+    """
+    port = free_port()
+    with run_server(
+        ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
+        port=port,
+        ready_path="/v1/models/model",
+        env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model", **env},
+        log_path=log_dir / f"runtime-{port}.log",
+    ) as server:
+        yield server
