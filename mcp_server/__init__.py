@@ -1,0 +1,1 @@
+"""The stateless MCP + REST front of the diffusers runtime. Never imports torch."""

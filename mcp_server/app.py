@@ -1,0 +1,189 @@
+"""The FastAPI app: REST routes, then MCP mounted at /mcp, behind auth, request ids and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_server import metrics
+from mcp_server.jobs import JobManager
+from mcp_server.logs import new_request_id, request_id_var
+from mcp_server.mcp_app import build_mcp
+from mcp_server.rest import build_router, error_response, validation_problem
+from mcp_server.service import ImageService
+from mcp_server.settings import Settings
+from mcp_server.store import make_store
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+@dataclass
+class Components:
+    """Everything a transport needs; built once per process."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    service: ImageService
+    jobs: JobManager
+    mcp: MCPServer
+
+    async def aclose(self) -> None:
+        await self.jobs.shutdown()
+        await self.http.aclose()
+
+
+def build_components(settings: Settings) -> Components:
+    store = make_store(settings)
+    # One pool for every runtime; limits leave room for the generation slots and probes.
+    limit = settings.max_concurrent_per_runtime * len(settings.runtimes) + 10
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit))
+    service = ImageService(settings, store, http)
+    jobs = JobManager(service, store, settings.job_stale_seconds)
+    mcp = build_mcp(service, jobs, settings.inline_image_max_bytes, settings.public_url)
+    return Components(settings, http, service, jobs, mcp)
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        path = "/mcp" if scope.get("path", "").startswith("/mcp") else "other"
+    return f"{scope.get('method', '')} {path}"
+
+
+class RequestMiddleware:
+    """Request id (taken from X-Request-ID or minted), bearer auth, access log, metrics."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.token is None or scope["path"] in OPEN_PATHS:
+            return True
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                # compare_digest: the time taken does not tell how much of the token matched.
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self.token
+                )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        request_id = headers.get(b"x-request-id", b"").decode(errors="replace")[:64]
+        request_id = request_id or new_request_id()
+        token = request_id_var.set(request_id)
+        started = time.monotonic()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            if not self._authorized(scope):
+                response = error_response(
+                    401,
+                    "Missing or wrong bearer token: send 'Authorization: Bearer <token>' with "
+                    "the token configured in MCP_AUTH_TOKEN.",
+                    kind="unauthorized",
+                    headers={"WWW-Authenticate": 'Bearer realm="diffusers-mcp"'},
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.monotonic() - started
+            route = _route_label(scope)
+            metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(route).observe(elapsed)
+            if scope["path"] not in ("/health", "/metrics"):
+                log.info(
+                    "%s %s -> %s in %.0f ms",
+                    scope.get("method"),
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    extra={"status": status, "duration_ms": round(elapsed * 1000, 1)},
+                )
+            request_id_var.reset(token)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    components = build_components(settings)
+    mcp_http = components.mcp.streamable_http_app(
+        streamable_http_path="/mcp",
+        # Stateless: any replica can answer any request. SSE (not JSON) responses, because
+        # JSON responses carry neither progress notifications nor cancellation.
+        stateless_http=True,
+        json_response=False,
+        transport_security=TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=settings.mcp_allowed_hosts,
+            allowed_origins=settings.mcp_allowed_origins,
+        ),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await components.service.store.check()
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            raise
+        async with components.mcp.session_manager.run():
+            log.info(
+                "serving MCP at /mcp and REST; runtimes: %s",
+                ", ".join(f"{t.name}={t.url}" for t in settings.runtimes),
+            )
+            yield
+        await components.aclose()
+
+    app = FastAPI(
+        title="diffusers-mcp",
+        version="0.1.0",
+        description="Image generation for MCP clients (at /mcp) and OpenAI-style REST clients.",
+        lifespan=lifespan,
+    )
+    app.state.components = components
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_problem(exc)
+        return error_response(400, message, param=param)
+
+    app.include_router(build_router(components.service, settings.public_url))
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # After the REST routes: the mounted app would otherwise shadow them.
+    app.router.routes.append(Mount("/", app=mcp_http))
+    app.add_middleware(RequestMiddleware, token=settings.mcp_auth_token)
+    return app

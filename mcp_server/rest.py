@@ -1,0 +1,187 @@
+"""REST routes: the OpenAI-compatible Images API, stored images, models, health."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mcp_server.logs import request_id_var
+from mcp_server.service import GenerationRequest, ImageService, OutputFormat, ServiceError
+from mcp_server.store import InvalidIdError
+
+SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The OpenAI error shape, so OpenAI clients surface `message`."""
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": kind}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return error_response(exc.status, str(exc), kind=exc.kind, headers=headers)
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's `POST /v1/images/generations` body plus the runtime's own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    n: int = Field(1, ge=1, description="Number of images.")
+    size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
+    response_format: Literal["url", "b64_json"] = "url"
+    model: str | None = None
+    user: str | None = Field(None, description="Accepted for compatibility; only logged.")
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0)
+    scheduler: str | None = None
+    output_format: OutputFormat | None = None
+
+    def to_generation(self) -> GenerationRequest:
+        width = height = None
+        if self.size is not None and self.size != "auto":
+            match = SIZE.match(self.size)
+            if not match:
+                raise ValueError(f'size must look like "512x512" (WIDTHxHEIGHT), not {self.size!r}')
+            width, height = int(match[1]), int(match[2])
+        return GenerationRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=width,
+            height=height,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            num_images=self.n,
+            scheduler=self.scheduler,
+            output_format=self.output_format,
+            model=self.model,
+        )
+
+
+def validation_problem(exc: ValidationError | Any) -> tuple[str, str | None]:
+    """One message naming every bad field, and the first field for OpenAI's `param`."""
+    errors = exc.errors()
+    parts, first = [], None
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        first = first or field
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "Invalid request: " + "; ".join(parts), first
+
+
+def public_base(request: Request, public_url: str | None) -> str:
+    return public_url or str(request.base_url).rstrip("/")
+
+
+def build_router(service: ImageService, public_url: str | None) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/images/generations", tags=["images"], summary="Generate images (OpenAI)")
+    async def generate(body: ImageGenerationRequest, request: Request) -> Any:
+        try:
+            generation = body.to_generation()
+        except (ValueError, ValidationError) as exc:
+            if isinstance(exc, ValidationError):
+                message, param = validation_problem(exc)
+            else:
+                message, param = str(exc), "size"
+            return error_response(400, message, param=param)
+        base = public_base(request, public_url)
+        try:
+            result, blobs = await service.generate(
+                generation,
+                entry="POST /v1/images/generations",
+                request_id=request_id_var.get(),
+                base_url=base,
+            )
+        except ServiceError as exc:
+            return service_error_response(exc)
+        data = []
+        for ref, blob in zip(result.images, blobs, strict=True):
+            item: dict[str, Any] = {"revised_prompt": None}
+            if body.response_format == "b64_json":
+                item["b64_json"] = base64.b64encode(blob).decode()
+            else:
+                item["url"] = ref.url
+            data.append(item)
+        return {
+            "created": int(time.time()),
+            "data": data,
+            "output_format": (body.output_format or "png"),
+            "size": f"{result.width}x{result.height}",
+            # Extra fields beyond OpenAI's: what a caller needs to reproduce the images.
+            "model": result.model,
+            "seed": result.seed,
+            "num_inference_steps": result.num_inference_steps,
+            "guidance_scale": result.guidance_scale,
+            "images": [ref.model_dump() for ref in result.images],
+            "timings": result.timings.model_dump(exclude_none=True),
+        }
+
+    @router.get("/v1/models", tags=["models"], summary="List models (OpenAI shape)")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": m["name"], "object": "model", "created": 0, "owned_by": "diffusers", **m}
+                for m in await service.models()
+            ],
+        }
+
+    @router.get(
+        "/v1/images/{image_id}",
+        tags=["images"],
+        summary="Download a stored image",
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    )
+    async def image(image_id: Annotated[str, Path(max_length=200)]) -> Response:
+        try:
+            stored = await service.store.get_image(image_id)
+        except InvalidIdError as exc:
+            return error_response(400, str(exc), param="image_id")
+        if stored is None:
+            return error_response(
+                404,
+                f"Image {image_id!r} does not exist or has expired (images are kept "
+                f"{service.store.ttl_seconds} s); generate it again.",
+                kind="not_found",
+            )
+        return Response(
+            stored.data,
+            media_type=stored.mime_type,
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
+    @router.get("/health", tags=["health"], summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/ready", tags=["health"], summary="Readiness: every runtime's model is ready")
+    async def ready() -> JSONResponse:
+        ok, runtimes = await service.ready()
+        return JSONResponse({"ready": ok, "runtimes": runtimes}, status_code=200 if ok else 503)
+
+    return router

@@ -1,0 +1,283 @@
+"""HTTP client of one diffusers runtime: every failure becomes a RuntimeCallError that says
+which runtime, what failed and what to check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from mcp_server.settings import RuntimeTarget
+
+ProgressCallback = Callable[[int, int], Awaitable[None]]
+
+
+class RuntimeCallError(Exception):
+    """A call to the runtime failed. `kind` labels metrics; `status` is the HTTP status a
+    REST client should get."""
+
+    def __init__(self, message: str, *, kind: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+class InvalidRequestError(RuntimeCallError):
+    """The runtime rejected the request itself (HTTP 400); the message names the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="invalid_request", status=400)
+
+
+def _is_dns_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        text = str(seen).lower()
+        if "name or service not known" in text or "name resolution" in text:
+            return True
+        if "nodename nor servname" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class RuntimeClient:
+    """Talks to one runtime over KServe v1 plus its `:generate` progress stream."""
+
+    def __init__(
+        self,
+        target: RuntimeTarget,
+        http: httpx.AsyncClient,
+        *,
+        connect_timeout: float,
+        generation_timeout: float,
+        diagnostics: str = "",
+    ) -> None:
+        self.target = target
+        self._http = http
+        self._connect_timeout = connect_timeout
+        self._generation_timeout = generation_timeout
+        self._diagnostics = diagnostics
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    def _model_url(self, suffix: str = "") -> str:
+        return f"{self.target.url}/v1/models/{self.target.model_id}{suffix}"
+
+    def _timeout(self, total: float) -> httpx.Timeout:
+        return httpx.Timeout(total, connect=min(self._connect_timeout, total))
+
+    def _headers(self, request_id: str | None) -> dict[str, str]:
+        return {"X-Request-ID": request_id} if request_id else {}
+
+    def _check_hint(self) -> str:
+        where = self._diagnostics or f"the runtime serving model {self.target.model_id!r}"
+        return f"check that {where} is running and reachable from this server"
+
+    def _transport_error(self, exc: Exception, what: str, timeout: float) -> RuntimeCallError:
+        url = self.target.url
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
+            return RuntimeCallError(
+                f"The diffusers runtime at {url} did not {phase} within {timeout:g} s "
+                f"while {what}; "
+                f"{self._check_hint()}, and that it is not overloaded (raise "
+                "GENERATION_TIMEOUT_SECONDS for slow models).",
+                kind="timeout",
+                status=504,
+            )
+        if _is_dns_failure(exc):
+            host = httpx.URL(url).host
+            return RuntimeCallError(
+                f"The diffusers runtime host {host!r} (from {url}) does not resolve (DNS failure) "
+                f"while {what}; check DIFFUSERS_RUNTIME_URL / DIFFUSERS_RUNTIMES: the Service "
+                "name and namespace must exist (KServe RawDeployment names it "
+                "<isvc>-predictor).",
+                kind="dns",
+                status=502,
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return RuntimeCallError(
+                f"The diffusers runtime at {url} refused the connection while {what}; "
+                f"{self._check_hint()} (is the predictor pod up and listening on that port?).",
+                kind="connect",
+                status=502,
+            )
+        return RuntimeCallError(
+            f"The connection to the diffusers runtime at {url} failed while {what}: "
+            f"{type(exc).__name__}: {exc}; {self._check_hint()}.",
+            kind="transport",
+            status=502,
+        )
+
+    def _status_error(self, status: int, body: bytes, what: str) -> RuntimeCallError:
+        message = _error_message(body)
+        url = self.target.url
+        if status == 400:
+            return InvalidRequestError(message or "the runtime rejected the request (HTTP 400)")
+        if status == 404:
+            return RuntimeCallError(
+                f"The diffusers runtime at {url} has no model {self.target.model_id!r} "
+                f"(HTTP 404 while {what}); check DIFFUSERS_MODEL_ID (or model_id in "
+                "DIFFUSERS_RUNTIMES) matches the runtime's MODEL_NAME.",
+                kind="not_found",
+                status=502,
+            )
+        if status == 503:
+            return RuntimeCallError(
+                f"The diffusers runtime at {url} is not available (HTTP 503 while {what}): "
+                f"{message or 'model not ready'}. Retry shortly; if it persists, check the "
+                "runtime's logs (model loading, device memory).",
+                kind="unavailable",
+                status=503,
+            )
+        return RuntimeCallError(
+            f"The diffusers runtime at {url} failed (HTTP {status} while {what}): "
+            f"{message or 'no error message'}. Check the runtime's logs.",
+            kind=f"http_{status // 100}xx",
+            status=502,
+        )
+
+    def _garbage(self, what: str, detail: str) -> RuntimeCallError:
+        return RuntimeCallError(
+            f"The diffusers runtime at {self.target.url} sent an unexpected answer while {what} "
+            f"({detail}); check that DIFFUSERS_RUNTIME_URL points at a diffusers runtime "
+            "(KServe v1 protocol) and not at another service.",
+            kind="protocol",
+            status=502,
+        )
+
+    async def _get_json(self, suffix: str, what: str) -> dict[str, Any]:
+        timeout = self._connect_timeout * 2
+        try:
+            response = await self._http.get(self._model_url(suffix), timeout=self._timeout(timeout))
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, what, timeout) from exc
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, what)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise self._garbage(what, "not JSON") from exc
+        if not isinstance(data, dict):
+            raise self._garbage(what, "not a JSON object")
+        return data
+
+    async def ready(self) -> bool:
+        data = await self._get_json("", "checking model readiness")
+        return bool(data.get("ready"))
+
+    async def capabilities(self) -> dict[str, Any]:
+        return await self._get_json("/capabilities", "reading model capabilities")
+
+    async def predict(self, instance: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        """One prediction without progress."""
+        what = "generating an image"
+        timeout = self._generation_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._http.post(
+                    self._model_url(":predict"),
+                    json={"instances": [instance]},
+                    headers=self._headers(request_id),
+                    timeout=self._timeout(timeout),
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise self._transport_error(exc, what, timeout) from exc
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, what)
+        try:
+            predictions = response.json()["predictions"]
+            return _check_prediction(predictions[0])
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise self._garbage(what, f"no usable prediction: {exc}") from exc
+
+    async def generate(
+        self,
+        instance: dict[str, Any],
+        request_id: str | None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """One prediction over the progress stream. The stream lives inside `async with`: when
+        the caller is cancelled the connection closes and the runtime stops the generation."""
+        what = "generating an image"
+        timeout = self._generation_timeout
+        try:
+            async with (
+                asyncio.timeout(timeout),
+                aconnect_sse(
+                    self._http,
+                    "POST",
+                    self._model_url(":generate"),
+                    json={"instances": [instance]},
+                    headers=self._headers(request_id),
+                    timeout=self._timeout(timeout),
+                ) as source,
+            ):
+                response = source.response
+                if response.status_code != 200:
+                    raise self._status_error(response.status_code, await response.aread(), what)
+                async for event in source.aiter_sse():
+                    if event.event == "progress":
+                        step = _progress(event.data)
+                        if step is not None and on_progress is not None:
+                            await on_progress(*step)
+                    elif event.event == "result":
+                        try:
+                            return _check_prediction(json.loads(event.data))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            raise self._garbage(what, f"unreadable result event: {exc}") from exc
+                    elif event.event == "error":
+                        raise self._stream_error(event.data, what)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            if isinstance(exc, SSEError):
+                raise self._garbage(what, str(exc)) from exc
+            raise self._transport_error(exc, what, timeout) from exc
+        raise self._garbage(what, "the progress stream ended without a result")
+
+    def _stream_error(self, data: str, what: str) -> RuntimeCallError:
+        try:
+            payload = json.loads(data)
+            status = int(payload.get("status", 500))
+        except (ValueError, TypeError, AttributeError):
+            return self._garbage(what, "unreadable error event")
+        return self._status_error(status, data.encode(), what)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:500]
+    if isinstance(data, dict):
+        error = data.get("error") or data.get("detail") or data.get("message")
+        if isinstance(error, dict):
+            error = error.get("message")
+        if error:
+            return str(error)
+    return str(data)[:500]
+
+
+def _progress(data: str) -> tuple[int, int] | None:
+    try:
+        payload = json.loads(data)
+        return int(payload["step"]), int(payload["total"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_prediction(prediction: Any) -> dict[str, Any]:
+    images = prediction.get("images") or [prediction["image"]]
+    for image in images:
+        if not isinstance(image.get("b64"), str):
+            raise KeyError("image.b64")
+    return {**prediction, "images": images}

@@ -1,0 +1,296 @@
+"""The one image service behind MCP and REST: validate -> route by model -> wait for a slot
+-> generate on the runtime -> store -> result."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_server import metrics
+from mcp_server.runtime_client import ProgressCallback, RuntimeCallError, RuntimeClient
+from mcp_server.settings import RuntimeTarget, Settings
+from mcp_server.store import MIME_TYPES, Store
+
+log = logging.getLogger(__name__)
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class GenerationRequest(BaseModel):
+    """The runtime's request fields under the same names, plus `model`. Unset fields take the
+    runtime's defaults; the runtime checks its own limits and names the field it rejects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What the image should show.")
+    negative_prompt: str | None = Field(None, description="What the image should not show.")
+    width: int | None = Field(None, ge=8, description="Width in pixels (multiple of 8).")
+    height: int | None = Field(None, ge=8, description="Height in pixels (multiple of 8).")
+    num_inference_steps: int | None = Field(
+        None, ge=1, description="Denoising steps: more is slower and usually finer."
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0, description="How strongly to follow the prompt (typically 3-9)."
+    )
+    seed: int | None = Field(
+        None, ge=0, description="Same seed + same parameters = same image; random when unset."
+    )
+    num_images: int | None = Field(None, ge=1, description="How many images to generate.")
+    scheduler: str | None = Field(None, description="Scheduler name; see list_models.")
+    output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp.")
+    model: str | None = Field(None, description="Model name from list_models; default if unset.")
+
+    def instance(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"model"})
+
+
+class ImageRef(BaseModel):
+    id: str = Field(description="Image id, valid until expires_at.")
+    uri: str = Field(description="MCP resource URI; read it with resources/read.")
+    url: str | None = Field(description="HTTP URL of the full image (None over stdio).")
+    mime_type: str
+    size_bytes: int
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+    encode_ms: float | None = None
+    total_ms: float | None = None
+    wait_ms: float | None = Field(None, description="Time spent waiting for a free slot here.")
+
+
+class GenerationResult(BaseModel):
+    """What a finished generation returns (the tools' structuredContent)."""
+
+    model: str = Field(description="The model that made the images.")
+    prompt: str
+    images: list[ImageRef]
+    seed: int | None
+    width: int
+    height: int
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    scheduler: str | None
+    timings: Timings = Field(description="Runtime timings plus this server's wait_ms.")
+    expires_at: float = Field(description="Unix time after which the images are deleted.")
+
+
+class ServiceError(Exception):
+    """An error a caller can act on. `status` is the REST status code."""
+
+    def __init__(self, message: str, *, status: int, kind: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class Limiter:
+    """Bounded concurrency with a bounded wait queue, per runtime."""
+
+    def __init__(self, name: str, concurrency: int, queue: int) -> None:
+        self.name = name
+        self.max_queue = queue
+        self._slots = asyncio.Semaphore(concurrency)
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self.max_queue:
+            raise ServiceError(
+                f"The model {self.name!r} is busy: all generation slots are in use and "
+                f"{self.waiting} requests are already waiting. Retry in a few seconds, or "
+                "raise MAX_CONCURRENT_PER_RUNTIME / MAX_QUEUE_PER_RUNTIME or add runtime replicas.",
+                status=429,
+                kind="busy",
+                retry_after=5,
+            )
+        self.waiting += 1
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.waiting)
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+            metrics.QUEUE_DEPTH.labels(self.name).set(self.waiting)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+def image_uri(image_id: str, mime_type: str) -> str:
+    extension = {v: k for k, v in MIME_TYPES.items()}.get(mime_type, "png")
+    return f"image://generated/{image_id}.{extension}"
+
+
+class ImageService:
+    def __init__(self, settings: Settings, store: Store, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.store = store
+        self.targets: dict[str, RuntimeTarget] = {t.name: t for t in settings.runtimes}
+        self.default_model = settings.runtimes[0].name
+        diagnostics = ""
+        if settings.diffusers_runtime_service:
+            namespace = settings.diffusers_runtime_namespace or "(this namespace)"
+            diagnostics = (
+                f"the Service {settings.diffusers_runtime_service!r} in namespace {namespace}"
+            )
+        self.clients = {
+            name: RuntimeClient(
+                target,
+                http,
+                connect_timeout=settings.runtime_connect_timeout_seconds,
+                generation_timeout=settings.generation_timeout_seconds,
+                diagnostics=diagnostics,
+            )
+            for name, target in self.targets.items()
+        }
+        self.limiters = {
+            name: Limiter(name, settings.max_concurrent_per_runtime, settings.max_queue_per_runtime)
+            for name in self.targets
+        }
+
+    def client(self, model: str | None) -> RuntimeClient:
+        name = model or self.default_model
+        if name not in self.clients:
+            raise ServiceError(
+                f"Unknown model {name!r}; available models: {', '.join(self.clients)} "
+                "(see list_models or GET /v1/models).",
+                status=400,
+                kind="unknown_model",
+            )
+        return self.clients[name]
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        entry: str,
+        request_id: str | None,
+        on_progress: ProgressCallback | None = None,
+        base_url: str | None = None,
+    ) -> tuple[GenerationResult, list[bytes]]:
+        """Generate, store and describe the images; returns the result and the image bytes.
+
+        With `on_progress` the runtime's progress stream is used (one call per step);
+        without, a plain predict call."""
+        started = time.monotonic()
+        outcome = "error"
+        metrics.IN_FLIGHT.labels(entry).inc()
+        try:
+            client = self.client(request.model)
+            name = request.model or self.default_model
+            async with self.limiters[name].slot():
+                waited_ms = (time.monotonic() - started) * 1000
+                log.info(
+                    "generating on %s (%s) after %.0f ms in queue",
+                    name,
+                    client.url,
+                    waited_ms,
+                    extra={"model": name},
+                )
+                if on_progress is None:
+                    prediction = await client.predict(request.instance(), request_id)
+                else:
+                    prediction = await client.generate(request.instance(), request_id, on_progress)
+            result, images = await self._store(name, request, prediction, waited_ms, base_url)
+            outcome = "ok"
+            return result, images
+        except RuntimeCallError as exc:
+            outcome = exc.kind
+            if exc.kind != "invalid_request":
+                metrics.RUNTIME_ERRORS.labels(request.model or self.default_model, exc.kind).inc()
+            raise ServiceError(str(exc), status=exc.status, kind=exc.kind) from exc
+        except ServiceError as exc:
+            outcome = exc.kind
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.IN_FLIGHT.labels(entry).dec()
+            metrics.GENERATIONS.labels(entry, outcome).inc()
+            metrics.GENERATION_SECONDS.labels(entry).observe(time.monotonic() - started)
+
+    async def _store(
+        self,
+        model: str,
+        request: GenerationRequest,
+        prediction: dict[str, Any],
+        waited_ms: float,
+        base_url: str | None,
+    ) -> tuple[GenerationResult, list[bytes]]:
+        refs: list[ImageRef] = []
+        blobs: list[bytes] = []
+        for image in prediction["images"]:
+            data = base64.b64decode(image["b64"])
+            mime_type = MIME_TYPES.get(str(image.get("format", "png")).lower(), "image/png")
+            image_id = await self.store.put_image(data, mime_type)
+            refs.append(
+                ImageRef(
+                    id=image_id,
+                    uri=image_uri(image_id, mime_type),
+                    url=f"{base_url}/v1/images/{image_id}" if base_url else None,
+                    mime_type=mime_type,
+                    size_bytes=len(data),
+                )
+            )
+            blobs.append(data)
+        timings = Timings(**{**(prediction.get("timings") or {}), "wait_ms": round(waited_ms, 1)})
+        result = GenerationResult(
+            model=model,
+            prompt=prediction.get("prompt", request.prompt),
+            images=refs,
+            seed=prediction.get("seed", request.seed),
+            width=prediction.get("width", request.width or 0),
+            height=prediction.get("height", request.height or 0),
+            num_inference_steps=prediction.get("num_inference_steps", request.num_inference_steps),
+            guidance_scale=prediction.get("guidance_scale", request.guidance_scale),
+            scheduler=prediction.get("scheduler", request.scheduler),
+            timings=timings,
+            expires_at=time.time() + self.store.ttl_seconds,
+        )
+        return result, blobs
+
+    async def models(self) -> list[dict[str, Any]]:
+        """Every configured model with its readiness and limits, checked concurrently."""
+
+        async def describe(name: str, client: RuntimeClient) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "name": name,
+                "default": name == self.default_model,
+                "runtime_url": client.url,
+                "runtime_model_id": client.target.model_id,
+            }
+            try:
+                entry["ready"] = await client.ready()
+                entry["capabilities"] = await client.capabilities()
+            except RuntimeCallError as exc:
+                entry.setdefault("ready", False)
+                entry["error"] = str(exc)
+            return entry
+
+        return list(await asyncio.gather(*(describe(n, c) for n, c in self.clients.items())))
+
+    async def ready(self) -> tuple[bool, list[dict[str, Any]]]:
+        """Ready when every runtime answers that its model is ready."""
+
+        async def check(name: str, client: RuntimeClient) -> dict[str, Any]:
+            try:
+                return {"model": name, "ready": await client.ready()}
+            except RuntimeCallError as exc:
+                return {"model": name, "ready": False, "error": str(exc)}
+
+        states = list(await asyncio.gather(*(check(n, c) for n, c in self.clients.items())))
+        return all(s["ready"] for s in states), states
