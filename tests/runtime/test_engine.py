@@ -1,0 +1,158 @@
+"""The engine in-process: batching, per-request cancellation, device errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from diffusers_runtime.engine import Engine
+from diffusers_runtime.errors import DeviceOutOfMemory, GenerationFailed, install_handlers
+from diffusers_runtime.loading import load_pipeline
+from diffusers_runtime.request import Generation
+from diffusers_runtime.settings import RuntimeSettings
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    return load_pipeline(RuntimeSettings(model_id=tiny_model)).pipe
+
+
+def generation(seed: int, steps: int = 4, side: int = 64, prompt: str = "a boat") -> Generation:
+    return Generation(
+        prompt=prompt,
+        negative_prompt=None,
+        width=side,
+        height=side,
+        num_inference_steps=steps,
+        guidance_scale=7.0,
+        seed=seed,
+        num_images=1,
+        scheduler=None,
+        output_format="png",
+    )
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=int)
+
+
+def test_concurrent_compatible_requests_share_one_call_and_keep_their_images(pipe):
+    async def scenario():
+        alone = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
+        batched = Engine(pipe, "m", max_batch_size=4, batch_window_seconds=0.05)
+        singles = [await alone.generate(generation(s, prompt=f"p{s}"), "r") for s in (1, 2, 3)]
+        together = await asyncio.gather(
+            *(batched.generate(generation(s, prompt=f"p{s}"), "r") for s in (1, 2, 3))
+        )
+        await alone.close()
+        await batched.close()
+        return singles, together
+
+    singles, together = asyncio.run(scenario())
+    assert [r.batch_size for r in singles] == [1, 1, 1]
+    assert [r.batch_size for r in together] == [3, 3, 3]
+    for single, batch in zip(singles, together, strict=True):
+        assert np.abs(pixels(single.images[0]) - pixels(batch.images[0])).max() <= 2
+    assert np.abs(pixels(together[0].images[0]) - pixels(together[1].images[0])).max() > 10
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(pipe):
+    async def scenario():
+        engine = Engine(pipe, "m", max_batch_size=4, batch_window_seconds=0.05)
+        progress: list[int] = []
+        keep = asyncio.create_task(
+            engine.generate(
+                generation(5, steps=20, side=128), "keep", lambda s, t: progress.append(s)
+            )
+        )
+        drop = asyncio.create_task(engine.generate(generation(6, steps=20, side=128), "drop"))
+        while len(progress) < 2:
+            await asyncio.sleep(0.01)
+        drop.cancel()
+        result = await keep
+        await engine.close()
+        return result, progress, drop
+
+    result, progress, drop = asyncio.run(scenario())
+    assert drop.cancelled()
+    assert result.batch_size == 2 and result.images[0].size == (128, 128)
+    assert progress == list(range(1, 21))
+
+
+def test_a_batch_whose_requests_are_all_cancelled_stops(pipe):
+    async def scenario():
+        engine = Engine(pipe, "m", max_batch_size=4, batch_window_seconds=0.05)
+        seen: list[int] = []
+        tasks = [
+            asyncio.create_task(
+                engine.generate(
+                    generation(s, steps=50, side=128), "r", lambda st, t: seen.append(st)
+                )
+            )
+            for s in (1, 2)
+        ]
+        while len(seen) < 2:
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(0.5)
+        steps_at_cancel = max(seen)
+        quick = await engine.generate(generation(3), "next")
+        await engine.close()
+        return steps_at_cancel, quick
+
+    steps_at_cancel, quick = asyncio.run(scenario())
+    assert steps_at_cancel < 10
+    assert quick.batch_size == 1
+
+
+def test_out_of_memory_becomes_a_503_that_says_so(pipe, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    engine = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
+    monkeypatch.setattr(pipe.unet, "forward", exhausted)
+
+    async def scenario():
+        try:
+            await engine.generate(generation(1), "r")
+        finally:
+            await engine.close()
+
+    with pytest.raises(DeviceOutOfMemory) as error:
+        asyncio.run(scenario())
+    assert "ran out of memory" in error.value.message and "64x64" in error.value.message
+
+    app = FastAPI()
+    install_handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise error.value
+
+    response = TestClient(app).get("/boom")
+    assert response.status_code == 503
+    assert "out of memory" in response.json()["error"]
+
+
+def test_other_pipeline_failures_name_what_failed(pipe, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    engine = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
+    monkeypatch.setattr(pipe.unet, "forward", broken)
+
+    async def scenario():
+        try:
+            await engine.generate(generation(1), "r")
+        finally:
+            await engine.close()
+
+    with pytest.raises(GenerationFailed) as error:
+        asyncio.run(scenario())
+    assert "StableDiffusionPipeline call failed: RuntimeError: mat1" in error.value.message
