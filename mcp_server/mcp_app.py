@@ -185,7 +185,19 @@ def build_mcp(
         Returns a small inline image, a resource_link to the full image and the parameters
         used (seed included, to reproduce it)."""
         with _observe("generate_image"):
-            request = _request(**{k: v for k, v in locals().items() if k != "ctx"})
+            request = _request(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                num_images=num_images,
+                scheduler=scheduler,
+                output_format=output_format,
+                model=model,
+            )
 
             async def progress(step: int, total: int) -> None:
                 await ctx.report_progress(step, total, f"denoising step {step}/{total}")
@@ -246,7 +258,19 @@ def build_mcp(
         """Start a generation in the background and return its job id at once. Use it when
         your tool-call timeout is shorter than a generation; then call get_generation."""
         with _observe("start_generation"):
-            request = _request(**{k: v for k, v in locals().items() if k != "ctx"})
+            request = _request(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                num_images=num_images,
+                scheduler=scheduler,
+                output_format=output_format,
+                model=model,
+            )
             try:
                 return await jobs.start(
                     request, request_id=_request_id(ctx), base_url=base_url(ctx)

@@ -1,0 +1,271 @@
+"""The mcp SDK client against the real server and runtime over streamable HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+from mcp import Client
+
+from tests.mcp_server.conftest import start_mcp_server
+from tests.mcp_server.helpers import LONG, SMALL, image_size, metric
+from tests.support import ServerProcess
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_lists_tools_with_truthful_annotations_and_schemas(mcp_server: ServerProcess) -> None:
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            return {tool.name: tool for tool in (await client.list_tools()).tools}
+
+    tools = run(scenario())
+    assert set(tools) >= {
+        "generate_image",
+        "list_models",
+        "start_generation",
+        "get_generation",
+        "cancel_generation",
+    }
+    generate = tools["generate_image"]
+    fields = set(generate.input_schema["properties"])
+    assert fields == {
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "num_images",
+        "scheduler",
+        "output_format",
+        "model",
+    }
+    assert {"images", "seed", "width", "height", "model", "timings"} <= set(
+        generate.output_schema["properties"]
+    )
+    assert generate.annotations.read_only_hint is False
+    assert generate.annotations.destructive_hint is False
+    assert tools["list_models"].annotations.read_only_hint is True
+    assert tools["get_generation"].annotations.read_only_hint is True
+    assert tools["cancel_generation"].annotations.destructive_hint is True
+
+
+def test_generates_an_image_with_one_progress_notification_per_step(
+    mcp_server: ServerProcess,
+) -> None:
+    progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, _message: str | None) -> None:
+        progress.append((done, total))
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            result = await client.call_tool(
+                "generate_image",
+                {"prompt": "a red cube on a table", **SMALL, "width": 96, "seed": 7},
+                progress_callback=on_progress,
+            )
+            link = next(b for b in result.content if b.type == "resource_link")
+            resource = await client.read_resource(link.uri)
+            return result, link, resource
+
+    result, link, resource = run(scenario())
+    assert not result.is_error, result.content
+    assert progress == [(step, 4) for step in range(1, 5)]
+    data = result.structured_content
+    assert (data["width"], data["height"], data["seed"], data["num_inference_steps"]) == (
+        96,
+        64,
+        7,
+        4,
+    )
+    inline = next(b for b in result.content if b.type == "image")
+    assert image_size(inline.data) == (96, 64)
+    assert link.uri == data["images"][0]["uri"] and link.mime_type == "image/png"
+    assert image_size(resource.contents[0].blob) == (96, 64)
+    # The HTTP link is absolute and fetchable as is.
+    download = httpx.get(data["images"][0]["url"], timeout=10)
+    assert download.status_code == 200 and download.headers["content-type"] == "image/png"
+    assert image_size(download.content) == (96, 64)
+
+
+def test_argument_and_runtime_validation_errors_are_tool_errors_naming_the_field(
+    mcp_server: ServerProcess,
+) -> None:
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            local = await client.call_tool("generate_image", {"prompt": "x", "width": 3})
+            remote = await client.call_tool(
+                "generate_image", {"prompt": "x", **SMALL, "num_inference_steps": 5000}
+            )
+            unknown = await client.call_tool("generate_image", {"prompt": "x", "model": "nope"})
+            still_alive = await client.call_tool("list_models", {})
+            return local, remote, unknown, still_alive
+
+    local, remote, unknown, still_alive = run(scenario())
+    assert local.is_error and "width" in local.content[0].text
+    assert remote.is_error and "num_inference_steps" in remote.content[0].text
+    assert unknown.is_error and "'nope'" in unknown.content[0].text
+    assert "model" in unknown.content[0].text  # lists what is available
+    assert not still_alive.is_error
+    model = still_alive.structured_content["models"][0]
+    assert model["name"] == "model" and model["ready"] is True
+    assert model["capabilities"]["max_steps"] > 0
+
+
+def test_cancelling_the_call_stops_the_runtime_early(
+    mcp_server: ServerProcess, runtime: ServerProcess
+) -> None:
+    before = metric(runtime.url, "diffusers_cancellations_total")
+    steps_before = metric(runtime.url, "diffusers_denoising_steps_total")
+    seen: list[float] = []
+
+    async def scenario():
+        two_steps = asyncio.Event()
+
+        async def on_progress(done: float, total: float | None, _message: str | None) -> None:
+            seen.append(done)
+            if done >= 2:
+                two_steps.set()
+
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            call = asyncio.create_task(
+                client.call_tool(
+                    "generate_image", {"prompt": "cancel me", **LONG}, progress_callback=on_progress
+                )
+            )
+            await asyncio.wait_for(two_steps.wait(), 60)
+            call.cancel()
+            try:
+                await call
+            except asyncio.CancelledError:
+                pass
+
+    started = time.monotonic()
+    run(scenario())
+    deadline = time.monotonic() + 10
+    while metric(runtime.url, "diffusers_cancellations_total") <= before:
+        assert time.monotonic() < deadline, runtime.log()[-3000:]
+        time.sleep(0.1)
+    # Stopped within a few steps of the cancel, far from the 100 it was asked for.
+    time.sleep(0.5)
+    done_steps = metric(runtime.url, "diffusers_denoising_steps_total") - steps_before
+    assert done_steps < 50, done_steps
+    assert time.monotonic() - started < 30
+
+
+def test_job_tools_run_to_completion_and_to_cancellation(
+    mcp_server: ServerProcess, runtime: ServerProcess
+) -> None:
+    cancellations = metric(runtime.url, "diffusers_cancellations_total")
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            started = await client.call_tool(
+                "start_generation", {"prompt": "a job", **SMALL, "seed": 1}
+            )
+            job_id = started.structured_content["job_id"]
+            done = await client.call_tool("get_generation", {"job_id": job_id, "wait_seconds": 60})
+
+            long = await client.call_tool("start_generation", {"prompt": "a long job", **LONG})
+            long_id = long.structured_content["job_id"]
+            for _ in range(100):
+                state = await client.call_tool(
+                    "get_generation", {"job_id": long_id, "wait_seconds": 0}
+                )
+                if state.structured_content["step"] >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            cancelled = await client.call_tool("cancel_generation", {"job_id": long_id})
+            after = await client.call_tool("get_generation", {"job_id": long_id})
+            missing = await client.call_tool("get_generation", {"job_id": "A" * 32})
+            traversal = await client.call_tool("get_generation", {"job_id": "../../etc/passwd"})
+            return started, done, state, cancelled, after, missing, traversal
+
+    started, done, running, cancelled, after, missing, traversal = run(scenario())
+    assert started.structured_content["status"] in ("queued", "running")
+    assert done.structured_content["status"] == "succeeded", done.content
+    images = done.structured_content["result"]["images"]
+    assert len(images) == 1
+    assert image_size(next(b for b in done.content if b.type == "image").data) == (64, 64)
+    assert running.structured_content["status"] == "running"
+    assert 2 <= running.structured_content["step"] < 100
+    assert running.structured_content["total_steps"] == 100
+    assert cancelled.structured_content["status"] == "cancelled"
+    assert after.structured_content["status"] == "cancelled"
+    assert after.structured_content["step"] < 100
+    deadline = time.monotonic() + 10
+    while metric(runtime.url, "diffusers_cancellations_total") <= cancellations:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert missing.is_error and "No job" in missing.content[0].text
+    assert traversal.is_error and "not a valid id" in traversal.content[0].text
+
+
+def test_a_job_whose_worker_died_is_reported_failed(
+    runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two replicas share the store; the one running the job is killed mid-job."""
+    store = tmp_path_factory.mktemp("shared-store")
+    env = {"DIFFUSERS_RUNTIME_URL": runtime.url, "IMAGE_STORE_DIR": str(store)}
+    log_dir = tmp_path_factory.mktemp("replicas")
+    with start_mcp_server(log_dir, **env, JOB_STALE_SECONDS="2") as survivor:
+
+        async def start_on(server: ServerProcess) -> str:
+            async with Client(f"{server.url}/mcp") as client:
+                result = await client.call_tool("start_generation", {"prompt": "x", **LONG})
+                return result.structured_content["job_id"]
+
+        async def get_on(server: ServerProcess, job_id: str):
+            async with Client(f"{server.url}/mcp") as client:
+                return await client.call_tool("get_generation", {"job_id": job_id})
+
+        with start_mcp_server(log_dir, **env, JOB_STALE_SECONDS="2") as doomed:
+            job_id = run(start_on(doomed))
+            time.sleep(1)
+            # Any replica answers for the job while its worker lives.
+            assert run(get_on(survivor, job_id)).structured_content["status"] in (
+                "queued",
+                "running",
+            )
+            doomed.stop(signal.SIGKILL)
+        time.sleep(3)
+        state = run(get_on(survivor, job_id)).structured_content
+        assert state["status"] == "failed"
+        assert "stopped reporting" in state["error"]
+
+
+def test_resources_and_prompts(mcp_server: ServerProcess) -> None:
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            resources = {str(r.uri) for r in (await client.list_resources()).resources}
+            templates = {
+                t.uri_template for t in (await client.list_resource_templates()).resource_templates
+            }
+            models = await client.read_resource("diffusers://models")
+            status = await client.read_resource("diffusers://status")
+            missing = None
+            try:
+                await client.read_resource("image://generated/" + "B" * 32 + ".png")
+            except Exception as exc:  # the SDK raises the server's resource error
+                missing = str(exc)
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            prompt = await client.get_prompt("image_prompt", {"subject": "a lighthouse"})
+            return resources, templates, models, status, missing, prompts, prompt
+
+    resources, templates, models, status, missing, prompts, prompt = run(scenario())
+    assert {"diffusers://models", "diffusers://status"} <= resources
+    assert "image://generated/{image_id}.png" in templates
+    assert json.loads(models.contents[0].text)["models"][0]["ready"] is True
+    assert json.loads(status.contents[0].text)["ready"] is True
+    assert missing and "expired" in missing
+    assert {"image_prompt", "refine_prompt", "product_shot"} <= set(prompts)
+    assert "lighthouse" in prompt.messages[0].content.text
