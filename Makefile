@@ -55,3 +55,143 @@ run-runtime: install tiny-model ## Run only the diffusers runtime on the tiny mo
 run: install tiny-model ## Run the local stack (runtime + MCP server) on the tiny model; Ctrl-C stops it
 	MODEL_ID=$(abspath $(TINY_MODEL)) RUNTIME_PORT=$(RUNTIME_PORT) MCP_PORT=$(MCP_PORT) \
 		$(PY) -m scripts.local_stack
+
+# --- Deployment ---
+# ENV=dev|staging|prod (or production) picks the MCP overlay and the runtime it talks to;
+# ENV=local runs the checks against `make run`. DRY_RUN=1 prints cluster commands instead
+# of running them.
+ENV ?= dev
+DRY_RUN ?=
+ifeq ($(origin KUBECTL),undefined)
+KUBECTL := $(shell command -v oc 2>/dev/null || command -v kubectl 2>/dev/null || echo $(VENV)/bin/kubectl)
+endif
+ifeq ($(origin CONTAINER_ENGINE),undefined)
+CONTAINER_ENGINE := $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null || echo podman)
+endif
+, := ,
+RUNTIME_NAMESPACE ?= default
+ISVC_TIMEOUT ?= 30m
+ROLLOUT_TIMEOUT ?= 15m
+IMAGE_REPO ?= quay.io/diffusers-mcp
+IMAGE_TAG ?= 0.1.0
+# cpu or cuda: which torch build the runtime image gets.
+RUNTIME_VARIANT ?= cpu
+TORCH_INDEX_URL_cpu := https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL_cuda := https://download.pytorch.org/whl/cu128
+# The overlays carry this placeholder apps domain in the Route host, ALLOWED_HOSTS and
+# PUBLIC_URL; deploying replaces it with the cluster's own (OpenShift's ingress config).
+PLACEHOLDER_DOMAIN := apps.cluster.example.com
+CLUSTER_DOMAIN ?= $(if $(DRY_RUN),$(PLACEHOLDER_DOMAIN),$(shell $(KUBECTL) get ingresses.config.openshift.io cluster -o jsonpath={.spec.domain} 2>/dev/null))
+
+ENV_DIR = $(if $(filter prod,$(ENV)),production,$(ENV))
+RUNTIME_dev := tiny-sd
+RUNTIME_staging := tiny-sd
+RUNTIME_production := redhat-dog
+mcp_namespace = mcp-server-$(1)
+# Prints instead of runs under DRY_RUN=1; commands therefore never contain single quotes.
+run = $(if $(DRY_RUN),@echo '$(1)',$(1))
+need_domain = $(if $(CLUSTER_DOMAIN),,$(error cannot read the cluster apps domain from \
+	ingresses.config.openshift.io/cluster: pass CLUSTER_DOMAIN=apps.<your cluster domain>))
+need_cluster_env = $(if $(filter dev staging production,$(ENV_DIR)),,$(error ENV must be \
+	dev, staging or prod here (got "$(ENV)")))
+
+define deploy_runtime
+	$(call run,$(KUBECTL) apply -k kustomize/runtime/overlays/$(1))
+	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) wait --for=condition=Ready inferenceservice/$(1) --timeout=$(ISVC_TIMEOUT))
+endef
+
+define deploy_mcp
+	$(need_domain)
+	$(call run,$(KUBECTL) kustomize kustomize/overlays/$(1) | sed -e "s/$(PLACEHOLDER_DOMAIN)/$(CLUSTER_DOMAIN)/g" | $(KUBECTL) apply -f -)
+	$(call run,$(KUBECTL) -n $(call mcp_namespace,$(1)) rollout status deployment/mcp-server --timeout=$(ROLLOUT_TIMEOUT))
+	$(call run,$(KUBECTL) -n $(call mcp_namespace,$(1)) get route mcp-server -o custom-columns=URL:.spec.host)
+endef
+
+.PHONY: deploy-dev deploy-staging deploy-prod
+deploy-dev: ## Deploy the MCP server to mcp-server-dev (the tiny-sd runtime must exist)
+	$(call deploy_mcp,dev)
+deploy-staging: ## Deploy the MCP server to mcp-server-staging (the tiny-sd runtime must exist)
+	$(call deploy_mcp,staging)
+deploy-prod: ## Deploy the MCP server to mcp-server-production (redhat-dog runtime, S3 Secret)
+	$(call deploy_mcp,production)
+
+.PHONY: deploy-runtime-tiny-sd deploy-runtime-redhat-dog
+deploy-runtime-tiny-sd: ## Deploy the tiny-sd InferenceService (CPU) and wait until it is Ready
+	$(call deploy_runtime,tiny-sd)
+deploy-runtime-redhat-dog: ## Deploy the redhat-dog InferenceService (GPU) and wait until it is Ready
+	$(call deploy_runtime,redhat-dog)
+
+.PHONY: deploy-with-diffusers-dev deploy-with-diffusers-staging deploy-with-diffusers-prod
+deploy-with-diffusers-dev: ## Runtime (tiny-sd) first, wait for Ready, then the dev MCP server
+	$(call deploy_runtime,tiny-sd)
+	$(call deploy_mcp,dev)
+deploy-with-diffusers-staging: ## Runtime (tiny-sd) first, wait for Ready, then the staging MCP server
+	$(call deploy_runtime,tiny-sd)
+	$(call deploy_mcp,staging)
+deploy-with-diffusers-prod: ## Runtime (redhat-dog) first, wait for Ready, then the production MCP server
+	$(call deploy_runtime,redhat-dog)
+	$(call deploy_mcp,production)
+
+# The ServingRuntime and the runtime NetworkPolicy are shared by both models: undeploying one
+# model only removes its InferenceService.
+.PHONY: undeploy-dev undeploy-staging undeploy-prod undeploy-runtime-tiny-sd undeploy-runtime-redhat-dog
+undeploy-dev: ## Delete the dev MCP server and its namespace
+	$(call run,$(KUBECTL) delete -k kustomize/overlays/dev --ignore-not-found)
+undeploy-staging: ## Delete the staging MCP server and its namespace
+	$(call run,$(KUBECTL) delete -k kustomize/overlays/staging --ignore-not-found)
+undeploy-prod: ## Delete the production MCP server and its namespace
+	$(call run,$(KUBECTL) delete -k kustomize/overlays/production --ignore-not-found)
+undeploy-runtime-tiny-sd: ## Delete the tiny-sd InferenceService
+	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) delete inferenceservice tiny-sd --ignore-not-found)
+undeploy-runtime-redhat-dog: ## Delete the redhat-dog InferenceService
+	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) delete inferenceservice redhat-dog --ignore-not-found)
+
+.PHONY: render
+render: install ## Print the manifests of ENV (MCP overlay, then its runtime overlay)
+	$(need_cluster_env)
+	@$(VENV)/bin/kubectl kustomize kustomize/overlays/$(ENV_DIR)
+	@echo ---
+	@$(VENV)/bin/kubectl kustomize kustomize/runtime/overlays/$(RUNTIME_$(ENV_DIR))
+
+.PHONY: validate
+validate: install ## Check every manifest offline (render, schemas, NetworkPolicies, consistency, hadolint)
+	$(PY) -m pytest tests/deploy -q $(PYTEST_ARGS)
+
+.PHONY: test-connectivity
+test-connectivity: ## DNS and runtime reachability from inside the MCP pod (ENV=local: the make run stack)
+ifeq ($(ENV),local)
+	$(PY) -m deploy.checks connectivity --runtime-url http://127.0.0.1:$(RUNTIME_PORT) --mcp-url http://127.0.0.1:$(MCP_PORT)
+else
+	$(need_cluster_env)
+	$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) exec -i deploy/mcp-server -c mcp-server -- python - connectivity < deploy/checks.py)
+endif
+
+.PHONY: test-integration
+test-integration: ## A real MCP tools/call and a REST generation through the Route (ENV=local: make run)
+ifeq ($(ENV),local)
+	$(PY) -m deploy.checks integration --mcp-url http://127.0.0.1:$(MCP_PORT)
+else
+	$(need_cluster_env)
+	$(call run,$(PY) -m deploy.checks integration --kubectl $(KUBECTL) --namespace $(call mcp_namespace,$(ENV_DIR)))
+endif
+
+.PHONY: check-services
+check-services: ## Show the runtime and MCP server objects of ENV, their endpoints and configured URL
+	$(need_cluster_env)
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get inferenceservice $(RUNTIME_$(ENV_DIR)))
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get service$(,)endpoints $(RUNTIME_$(ENV_DIR))-predictor)
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get pods -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)))
+	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get deployment$(,)pods$(,)service$(,)endpoints$(,)route$(,)networkpolicy -l app.kubernetes.io/part-of=diffusers-mcp)
+	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get configmap -l app.kubernetes.io/name=mcp-server -o custom-columns=CONFIGMAP:.metadata.name$(,)DIFFUSERS_RUNTIME_URL:.data.DIFFUSERS_RUNTIME_URL)
+
+.PHONY: logs
+logs: ## Recent logs of ENV: readiness gate, MCP server, runtime
+	$(need_cluster_env)
+	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) logs deploy/mcp-server -c wait-for-runtime --tail=50)
+	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) logs deploy/mcp-server -c mcp-server --tail=200)
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) logs -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)) -c kserve-container --tail=200)
+
+.PHONY: images
+images: ## Build both images with podman (or docker): RUNTIME_VARIANT=cpu|cuda, IMAGE_REPO, IMAGE_TAG
+	$(call run,$(CONTAINER_ENGINE) build -f Containerfile --target mcp-server -t $(IMAGE_REPO)/mcp-server:$(IMAGE_TAG) .)
+	$(call run,$(CONTAINER_ENGINE) build -f Containerfile --target diffusers-runtime --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL_$(RUNTIME_VARIANT)) -t $(IMAGE_REPO)/diffusers-runtime:$(IMAGE_TAG)-$(RUNTIME_VARIANT) .)
