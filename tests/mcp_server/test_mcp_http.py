@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -144,10 +145,8 @@ def test_cancelling_the_call_stops_the_runtime_early(
             )
             await asyncio.wait_for(two_steps.wait(), 60)
             call.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await call
-            except asyncio.CancelledError:
-                pass
 
     started = time.monotonic()
     run(scenario())

@@ -1,0 +1,161 @@
+"""A stopped, a slow and an unresolvable runtime each give a clear error in time, and a full
+queue gives a busy error; the server keeps serving throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from mcp import Client
+
+from tests.mcp_server.conftest import start_mcp_server
+from tests.mcp_server.helpers import SMALL
+from tests.support import ServerProcess, free_port, start_runtime
+
+TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def silent_port() -> Iterator[int]:
+    """A TCP server that accepts connections and never answers: a hung runtime."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def stopped_runtime_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real runtime that ran and was stopped: its port now refuses connections."""
+    with start_runtime(tmp_path_factory.mktemp("stopped-runtime")) as runtime:
+        url = runtime.url
+    return url
+
+
+@pytest.fixture(scope="module")
+def failing(
+    silent_port: int, stopped_runtime_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    runtimes = [
+        {"name": "stopped", "url": stopped_runtime_url},
+        {"name": "slow", "url": f"http://127.0.0.1:{silent_port}"},
+        {"name": "nodns", "url": "http://no-such-runtime.invalid:8080"},
+    ]
+    with start_mcp_server(
+        tmp_path_factory.mktemp("failing"),
+        DIFFUSERS_RUNTIMES=json.dumps(runtimes),
+        GENERATION_TIMEOUT_SECONDS=str(TIMEOUT),
+        RUNTIME_CONNECT_TIMEOUT_SECONDS="1",
+        MAX_CONCURRENT_PER_RUNTIME="1",
+        MAX_QUEUE_PER_RUNTIME="0",
+    ) as server:
+        yield server
+
+
+CASES = [
+    ("stopped", "refused the connection"),
+    ("slow", f"did not answer within {TIMEOUT:g} s"),
+    ("nodns", "does not resolve"),
+]
+
+
+@pytest.mark.parametrize(("model", "expected"), CASES)
+def test_rest_error_names_the_runtime_and_what_failed(
+    failing: ServerProcess, model: str, expected: str
+) -> None:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{failing.url}/v1/images/generations",
+        json={"prompt": "x", "model": model, "size": "64x64"},
+        timeout=30,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < TIMEOUT + 3
+    assert response.status_code in (502, 504)
+    message = response.json()["error"]["message"]
+    assert expected in message
+    assert "check" in message
+    if model != "nodns":
+        assert "http://127.0.0.1:" in message
+    else:
+        assert "no-such-runtime.invalid" in message
+
+
+@pytest.mark.parametrize(("model", "expected"), CASES)
+def test_mcp_error_is_a_tool_error_in_time(
+    failing: ServerProcess, model: str, expected: str
+) -> None:
+    async def scenario():
+        async with Client(f"{failing.url}/mcp") as client:
+            started = time.monotonic()
+            result = await client.call_tool(
+                "generate_image", {"prompt": "x", **SMALL, "model": model}
+            )
+            return result, time.monotonic() - started
+
+    result, elapsed = asyncio.run(scenario())
+    assert result.is_error
+    assert expected in result.content[0].text
+    assert elapsed < TIMEOUT + 3
+
+
+def test_readiness_reports_each_runtime_and_the_server_keeps_serving(
+    failing: ServerProcess,
+) -> None:
+    ready = httpx.get(f"{failing.url}/ready", timeout=30)
+    assert ready.status_code == 503
+    states = {entry["model"]: entry for entry in ready.json()["runtimes"]}
+    assert set(states) == {"stopped", "slow", "nodns"}
+    assert "does not resolve" in states["nodns"]["error"]
+    assert httpx.get(f"{failing.url}/health").status_code == 200
+
+
+def test_a_full_queue_answers_busy_with_retry_after(failing: ServerProcess) -> None:
+    """One slot, no queue: while the slow runtime holds the slot, the next call is refused."""
+
+    def post() -> httpx.Response:
+        return httpx.post(
+            f"{failing.url}/v1/images/generations",
+            json={"prompt": "x", "model": "slow", "size": "64x64"},
+            timeout=30,
+        )
+
+    holder = threading.Thread(target=post)
+    holder.start()
+    time.sleep(0.5)
+    busy = post()
+    holder.join()
+    assert busy.status_code == 429
+    assert int(busy.headers["retry-after"]) > 0
+    assert "busy" in busy.json()["error"]["message"]
+
+
+def test_unused_port_helper_is_free() -> None:
+    # free_port must hand out a port nothing listens on, or the stopped-runtime case lies.
+    port = free_port()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
