@@ -1,0 +1,145 @@
+"""network-config-analyzer on the rendered overlays: the connections the NetworkPolicies
+allow, between the real MCP Deployment and stand-in pods for what the manifests do not create
+(the KServe predictor, the router, cluster DNS, monitoring, an unrelated namespace)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.manifests import MCP_ENVS, mcp_dir, render_text, runtime_dir, tool
+
+MCP = "mcp-server[Deployment]"
+STAND_INS = {
+    # The predictor pod as KServe labels it from the InferenceService's predictor.labels.
+    "default/predictor": {"app.kubernetes.io/name": "diffusers-runtime"},
+    "openshift-ingress/router": {},
+    "openshift-dns/dns": {},
+    "openshift-user-workload-monitoring/prometheus": {},
+    "other/client": {},
+    # An unrelated pod beside the MCP server in its own namespace.
+    "{mcp_ns}/neighbour": {},
+}
+# Labels the API server (kubernetes.io/metadata.name) and OpenShift (the router's policy
+# group) put on these namespaces.
+ROUTER_NS_LABELS = {"policy-group.network.openshift.io/ingress": ""}
+
+
+def _pod(ref: str, labels: dict) -> dict:
+    namespace, name = ref.split("/")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "stand-in"}]},
+    }
+
+
+def _namespace(name: str) -> dict:
+    labels = {"kubernetes.io/metadata.name": name}
+    if name == "openshift-ingress":
+        labels |= ROUTER_NS_LABELS
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+@functools.cache
+def connectivity(env: str) -> dict[tuple[str, str], str]:
+    """{(source, destination): allowed connection} for the MCP overlay ENV with its runtime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _analyse(env, Path(tmp))
+
+
+def _analyse(env: str, tmp_path: Path) -> dict[tuple[str, str], str]:
+    mcp_ns = f"mcp-server-{env}"
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(
+        render_text(mcp_dir(env)) + "---\n" + render_text(runtime_dir(MCP_ENVS[env]))
+    )
+    pods = [_pod(ref.format(mcp_ns=mcp_ns), labels) for ref, labels in STAND_INS.items()]
+    (tmp_path / "pods.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods})
+    )
+    namespaces = {pod["metadata"]["namespace"] for pod in pods} | {mcp_ns, "kube-system"}
+    (tmp_path / "namespaces.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [_namespace(n) for n in sorted(namespaces)],
+            }
+        )
+    )
+    result = subprocess.run(
+        [
+            tool("nca"),
+            "--connectivity", str(rendered),
+            "--pod_list", str(rendered),
+            "--pod_list", str(tmp_path / "pods.yaml"),
+            "--ns_list", str(tmp_path / "namespaces.yaml"),
+            "--output_format", "txt_no_fw_rules",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    edges = {}
+    for line in result.stdout.splitlines():
+        if match := re.match(r"^(\S+) => (\S+) : (.+)$", line):
+            source, destination, allowed = match.groups()
+            edges[(source.removeprefix(f"{mcp_ns}/"), destination.removeprefix(f"{mcp_ns}/"))] = (
+                allowed
+            )
+    assert edges, f"nca printed no connections:\n{result.stdout}"
+    return edges
+
+
+@pytest.fixture
+def edges(env):
+    return connectivity(env)
+
+
+def test_mcp_reaches_the_runtime_on_its_port_only(edges):
+    assert edges[(MCP, "default/predictor[Pod]")] == "{protocols:TCP,dst_ports:8080}"
+
+
+def test_mcp_reaches_cluster_dns(edges):
+    allowed = edges[(MCP, "openshift-dns/dns[Pod]")]
+    assert "UDP" in allowed and "TCP" in allowed
+    assert re.search(r"\b53\b", allowed) and "5353" in allowed
+
+
+def test_only_mcp_namespaces_and_monitoring_reach_the_runtime(edges):
+    sources = {src for (src, dst) in edges if dst == "default/predictor[Pod]"}
+    assert sources == {MCP, "openshift-user-workload-monitoring/prometheus[Pod]"}
+    assert edges[
+        ("openshift-user-workload-monitoring/prometheus[Pod]", "default/predictor[Pod]")
+    ] == ("{protocols:TCP,dst_ports:8080}")
+
+
+def test_only_the_router_and_own_namespace_reach_mcp(edges):
+    sources = {src for (src, dst) in edges if dst == MCP}
+    assert sources == {"openshift-ingress/router[Pod]", "neighbour[Pod]"}
+    for source in sources:
+        assert edges[(source, MCP)] == "{protocols:TCP,dst_ports:8080}"
+
+
+def test_mcp_egress_is_dns_runtime_and_image_store_only(env, edges):
+    destinations = {dst for (src, dst) in edges if src == MCP}
+    expected = {
+        "default/predictor[Pod]",
+        "openshift-dns/dns[Pod]",
+        "kube-system/kube-dns-livesim[Pod]",
+    }
+    if env == "production":
+        # The S3 image store, outside the cluster, over HTTPS.
+        s3 = {dst for dst in destinations if dst[0].isdigit()}
+        assert s3 and all(edges[(MCP, dst)] == "{protocols:TCP,dst_ports:443}" for dst in s3)
+        expected |= s3
+    assert destinations == expected
