@@ -1,0 +1,300 @@
+"""What the schemas cannot see: the pieces of each overlay agree with each other and with the
+runtime overlay they point at (ports, names, timeouts, hosts), and every container is locked
+down and bounded."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.deploy.manifests import (
+    MCP_ENVS,
+    config,
+    env_vars,
+    find,
+    matches,
+    mcp_dir,
+    one,
+    render,
+    runtime_container,
+)
+
+# KServe RawDeployment's predictor Service listens on CommonDefaultHttpPort and forwards to
+# the predictor container's port.
+PREDICTOR_SERVICE_PORT = 80
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def pod_spec(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def all_containers(spec: dict) -> list[dict]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def probe_ports(container: dict) -> set[int]:
+    return {
+        container[probe]["httpGet"]["port"]
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe")
+        if probe in container
+    }
+
+
+def seconds(haproxy_timeout: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(us|ms|s|m|h|d)?", haproxy_timeout).groups()
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, None: 1e-3, "m": 60, "h": 3600, "d": 86400}
+    return int(number) * scale[unit]
+
+
+def test_mcp_ports_agree(mcp_docs):
+    (container,) = pod_spec(mcp_docs)["containers"]
+    (port,) = [p["containerPort"] for p in container["ports"]]
+    assert int(config(mcp_docs)["PORT"]) == port
+    (service_port,) = one(mcp_docs, "Service")["spec"]["ports"]
+    assert service_port["targetPort"] == port
+    assert probe_ports(container) == {port}
+    ingress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-ingress")["spec"]["ingress"]
+    assert {p["port"] for rule in ingress for p in rule["ports"]} == {port}
+    # The Route's named target port is the Service port carrying the container port.
+    assert one(mcp_docs, "Route")["spec"]["port"]["targetPort"] == service_port["name"]
+
+
+def test_runtime_ports_agree(env, mcp_docs, runtime_docs):
+    container = runtime_container(runtime_docs)
+    (port,) = [p["containerPort"] for p in container["ports"]]
+    args = container["args"]
+    assert int(args[args.index("--http_port") + 1]) == port
+    assert args[args.index("--enable_grpc") + 1] == "false"
+    assert probe_ports(container) == {port}
+    runtime_spec = one(runtime_docs, "ServingRuntime")["spec"]
+    assert runtime_spec["annotations"]["prometheus.kserve.io/port"] == str(port)
+    assert runtime_spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+    runtime_ingress = one(runtime_docs, "NetworkPolicy")["spec"]["ingress"]
+    assert {p["port"] for rule in runtime_ingress for p in rule["ports"]} == {port}
+    # NetworkPolicies see the pod's port after the Service translation, not the Service's 80.
+    egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
+    to_runtime = [r for r in egress if any("podSelector" in peer for peer in r["to"])]
+    assert [p["port"] for rule in to_runtime for p in rule["ports"]] == [port]
+
+
+def test_runtime_url_names_the_predictor_service(env, mcp_docs, runtime_docs):
+    isvc = one(runtime_docs, "InferenceService")
+    name, namespace = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+    assert name == MCP_ENVS[env]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    settings = config(mcp_docs)
+    url = urlsplit(settings["DIFFUSERS_RUNTIME_URL"])
+    assert url.scheme == "http"
+    assert url.hostname == f"{name}-predictor.{namespace}.svc.cluster.local"
+    assert (url.port or 80) == PREDICTOR_SERVICE_PORT
+    assert url.path in ("", "/")
+    assert settings["DIFFUSERS_RUNTIME_SERVICE"] == f"{name}-predictor"
+    assert settings["DIFFUSERS_RUNTIME_NAMESPACE"] == namespace
+    assert settings["DEFAULT_MODEL_NAME"] == name
+    # The runtime serves its one model under this name, whatever the model.
+    args = runtime_container(runtime_docs)["args"]
+    assert settings["DIFFUSERS_MODEL_ID"] == args[args.index("--model_name") + 1]
+    assert env_vars(runtime_container(runtime_docs))["MODEL_NAME"]["value"] == "model"
+
+
+def test_policies_select_the_pods_they_mean(mcp_docs, runtime_docs):
+    mcp_labels = one(mcp_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert matches(one(mcp_docs, "Deployment")["spec"]["selector"], mcp_labels)
+    assert matches({"matchLabels": one(mcp_docs, "Service")["spec"]["selector"]}, mcp_labels)
+    for policy in find(mcp_docs, "NetworkPolicy"):
+        assert matches(policy["spec"]["podSelector"], mcp_labels), policy["metadata"]["name"]
+    predictor = one(runtime_docs, "InferenceService")["spec"]["predictor"]
+    assert matches(one(runtime_docs, "NetworkPolicy")["spec"]["podSelector"], predictor["labels"])
+    egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
+    (runtime_peer,) = [peer for rule in egress for peer in rule["to"] if "podSelector" in peer]
+    assert matches(runtime_peer["podSelector"], predictor["labels"])
+    (from_mcp, _monitoring) = one(runtime_docs, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert matches(from_mcp["podSelector"], mcp_labels)
+    namespace = one(mcp_docs, "Namespace")["metadata"]["name"]
+    assert matches(from_mcp["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+
+
+def test_timeouts_are_ordered(mcp_docs, runtime_docs):
+    """Route timeout >= server generation timeout >= the runtime's worst case."""
+    route_timeout = seconds(
+        one(mcp_docs, "Route")["metadata"]["annotations"]["haproxy.router.openshift.io/timeout"]
+    )
+    generation_timeout = float(config(mcp_docs)["GENERATION_TIMEOUT_SECONDS"])
+    isvc = one(runtime_docs, "InferenceService")
+    step_seconds = float(
+        isvc["metadata"]["annotations"]["diffusers-mcp.io/step-seconds-at-max-load"]
+    )
+    max_steps = int(env_vars(runtime_container(runtime_docs))["MAX_STEPS"]["value"])
+    runtime_budget = max_steps * step_seconds
+    assert route_timeout >= generation_timeout >= runtime_budget, (
+        route_timeout,
+        generation_timeout,
+        runtime_budget,
+    )
+    # Serverless mode's request timeout must not cut a generation short either.
+    assert isvc["spec"]["predictor"]["timeout"] >= generation_timeout
+
+
+def test_route_host_is_what_the_server_accepts_and_links_to(env, mcp_docs):
+    route = one(mcp_docs, "Route")
+    host = route["spec"]["host"]
+    assert host == f"mcp-server-mcp-server-{env}.apps.cluster.example.com"
+    settings = config(mcp_docs)
+    assert host in settings["ALLOWED_HOSTS"].split(",")
+    tls = route["spec"].get("tls")
+    if env == "dev":
+        assert tls is None
+        assert settings["PUBLIC_URL"] == f"http://{host}"
+    else:
+        assert tls == {"termination": "edge", "insecureEdgeTerminationPolicy": "Redirect"}
+        assert settings["PUBLIC_URL"] == f"https://{host}"
+
+
+def _security_problems(container: dict, pod_security: dict) -> list[str]:
+    context = container.get("securityContext", {})
+    seccomp = context.get("seccompProfile") or pod_security.get("seccompProfile") or {}
+    expected = {
+        "runAsNonRoot": context.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True,
+        "readOnlyRootFilesystem": context.get("readOnlyRootFilesystem") is True,
+        "allowPrivilegeEscalation false": context.get("allowPrivilegeEscalation") is False,
+        "capabilities drop ALL": context.get("capabilities", {}).get("drop") == ["ALL"],
+        "no added capabilities": not context.get("capabilities", {}).get("add"),
+        "seccomp RuntimeDefault": seccomp.get("type") == "RuntimeDefault",
+        "not privileged": not context.get("privileged"),
+    }
+    return [f"{container['name']}: {rule}" for rule, ok in expected.items() if not ok]
+
+
+def test_mcp_containers_are_locked_down(mcp_docs):
+    spec = pod_spec(mcp_docs)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    containers = all_containers(spec)
+    assert [c["name"] for c in containers] == ["wait-for-runtime", "mcp-server"]
+    problems = [p for c in containers for p in _security_problems(c, spec["securityContext"])]
+    assert problems == []
+
+
+def test_runtime_container_is_locked_down(model_docs):
+    assert _security_problems(runtime_container(model_docs), {}) == []
+
+
+def test_readiness_gate_is_the_server_image_running_wait_for_runtime(mcp_docs):
+    init, main = all_containers(pod_spec(mcp_docs))
+    assert init["image"] == main["image"]
+    assert init["command"] == ["python", "-m", "mcp_server.wait_for_runtime"]
+    assert init["envFrom"] == main["envFrom"]
+
+
+def _bounded(container: dict) -> bool:
+    limits = container.get("resources", {}).get("limits", {})
+    requests = container.get("resources", {}).get("requests", {})
+    return {"cpu", "memory"} <= limits.keys() and {"cpu", "memory"} <= requests.keys()
+
+
+def test_every_container_has_requests_and_limits(mcp_docs, model_docs):
+    containers = [*all_containers(pod_spec(mcp_docs)), runtime_container(model_docs)]
+    assert [c["name"] for c in containers if not _bounded(c)] == []
+
+
+@pytest.mark.parametrize(
+    ("overlay", "requests", "limits"),
+    [
+        ("dev", {"cpu": "50m", "memory": "128Mi"}, {"cpu": "250m", "memory": "512Mi"}),
+        ("production", {"cpu": "200m", "memory": "512Mi"}, {"cpu": "1000m", "memory": "2Gi"}),
+    ],
+)
+def test_mcp_sizing(overlay, requests, limits):
+    (container,) = pod_spec(render(mcp_dir(overlay)))["containers"]
+    assert container["resources"] == {"requests": requests, "limits": limits}
+
+
+def test_runtime_sizing(model_docs):
+    isvc = one(model_docs, "InferenceService")
+    resources = runtime_container(model_docs)["resources"]
+    if isvc["metadata"]["name"] == "tiny-sd":
+        assert resources == {
+            "requests": {"cpu": "1", "memory": "4Gi"},
+            "limits": {"cpu": "4", "memory": "8Gi"},
+        }
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == "hf://segmind/tiny-sd"
+    else:
+        gpu = {"nvidia.com/gpu": "1"}
+        assert resources == {
+            "requests": {"cpu": "1", "memory": "8Gi", **gpu},
+            "limits": {"cpu": "6", "memory": "64Gi", **gpu},
+        }
+        tolerations = isvc["spec"]["predictor"]["tolerations"]
+        assert {
+            "key": "nvidia.com/gpu",
+            "operator": "Exists",
+            "effect": "NoSchedule",
+        } in tolerations
+    storage = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert storage.split("://")[0] in {"hf", "pvc", "s3"}
+
+
+def _mounts(container: dict, spec: dict) -> dict[str, dict]:
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    return {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+
+
+def test_writable_paths_are_empty_dirs(mcp_docs, model_docs):
+    spec = pod_spec(mcp_docs)
+    settings = config(mcp_docs)
+    for container in all_containers(spec):
+        assert "emptyDir" in _mounts(container, spec)["/tmp"]
+    (main,) = spec["containers"]
+    if settings["IMAGE_STORE"] == "local":
+        assert "emptyDir" in _mounts(main, spec)[settings["IMAGE_STORE_DIR"]]
+    runtime_spec = one(model_docs, "ServingRuntime")["spec"]
+    container = runtime_container(model_docs)
+    mounts = _mounts(container, runtime_spec)
+    assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in mounts["/tmp"]
+    for cache in ("HF_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HOME"):
+        assert env_vars(container)[cache]["value"].startswith("/tmp")
+
+
+def test_no_secret_values_in_manifests(mcp_docs, model_docs):
+    docs = mcp_docs + model_docs
+    assert find(docs, "Secret") == []
+    assert [key for key in config(mcp_docs) if SECRET_NAME.search(key)] == []
+    containers = [*all_containers(pod_spec(mcp_docs)), runtime_container(model_docs)]
+    for container in containers:
+        for name, var in env_vars(container).items():
+            if SECRET_NAME.search(name):
+                assert "secretKeyRef" in var.get("valueFrom", {}), name
+
+
+def test_production_is_highly_available_with_a_shared_image_store():
+    docs = render(mcp_dir("production"))
+    deployment = one(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] >= 2
+    hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "mcp-server",
+    }
+    assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+    pdb = one(docs, "PodDisruptionBudget")["spec"]
+    assert matches(pdb["selector"], labels) and pdb["minAvailable"] >= 1
+    spec = deployment["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert matches(term["podAffinityTerm"]["labelSelector"], labels)
+    (main,) = spec["containers"]
+    assert main["startupProbe"]["httpGet"]["port"] == main["ports"][0]["containerPort"]
+    assert config(docs)["IMAGE_STORE"] == "s3"
+    secret_refs = {
+        name: var["valueFrom"]["secretKeyRef"]
+        for name, var in env_vars(main).items()
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
+    for required in ("S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert secret_refs[required]["name"] == "mcp-server-s3"
+        assert not secret_refs[required].get("optional")
+    assert secret_refs["MCP_AUTH_TOKEN"]["optional"] is True
