@@ -41,7 +41,8 @@ def _split_list(value: str | list[str]) -> list[str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # An empty variable means unset: ConfigMaps often carry keys with empty values.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     diffusers_runtime_url: str = "http://127.0.0.1:8080"
     diffusers_model_id: str = Field(default="model", min_length=1)
@@ -92,12 +93,7 @@ class Settings(BaseSettings):
     @field_validator("diffusers_runtime_url", "public_url", "s3_endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value in (None, "") else _check_http_url(value)
-
-    @field_validator("mcp_auth_token", "s3_bucket", "default_model_name")
-    @classmethod
-    def _empty_is_unset(cls, value: str | None) -> str | None:
-        return value or None
+        return None if value is None else _check_http_url(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, free_port, run_server
+from tests.support import REPO, ServerProcess, free_port, run_server, tiny_model_dir
 
 
 @contextlib.contextmanager
@@ -45,3 +50,47 @@ def mcp_server(
         tmp_path_factory.mktemp("mcp-server"), DIFFUSERS_RUNTIME_URL=runtime.url
     ) as server:
         yield server
+
+
+@dataclass
+class LateRuntime:
+    """A runtime that came up while the readiness gate waited for it, then stopped."""
+
+    url: str
+    gate_returncode: int
+    gate_output: str
+    gate_seconds: float
+
+
+def gate_command(**env: str) -> tuple[list[str], dict[str, str]]:
+    return (
+        [sys.executable, "-m", "mcp_server.wait_for_runtime"],
+        {**os.environ, "DIFFUSERS_RUNTIMES": "", "DIFFUSERS_MODEL_ID": "model", **env},
+    )
+
+
+@pytest.fixture(scope="session")
+def late_runtime(tmp_path_factory: pytest.TempPathFactory) -> LateRuntime:
+    """Start the gate first, the runtime second, on a port chosen up front. Once stopped, the
+    runtime's port refuses connections: a stopped runtime for the failure tests."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args, env = gate_command(DIFFUSERS_RUNTIME_URL=url, WAIT_TIMEOUT_SECONDS="120")
+    started = time.monotonic()
+    gate = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        with run_server(
+            ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
+            port=port,
+            ready_path="/v1/models/model",
+            env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model"},
+            log_path=tmp_path_factory.mktemp("late-runtime") / "runtime.log",
+        ):
+            output, _ = gate.communicate(timeout=60)
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.wait()
+    return LateRuntime(url, gate.returncode, output, time.monotonic() - started)

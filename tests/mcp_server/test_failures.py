@@ -14,9 +14,9 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.conftest import start_mcp_server
+from tests.mcp_server.conftest import LateRuntime, start_mcp_server
 from tests.mcp_server.helpers import SMALL
-from tests.support import ServerProcess, free_port, start_runtime
+from tests.support import ServerProcess, free_port
 
 TIMEOUT = 2.0
 
@@ -49,19 +49,11 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def stopped_runtime_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real runtime that ran and was stopped: its port now refuses connections."""
-    with start_runtime(tmp_path_factory.mktemp("stopped-runtime")) as runtime:
-        url = runtime.url
-    return url
-
-
-@pytest.fixture(scope="module")
 def failing(
-    silent_port: int, stopped_runtime_url: str, tmp_path_factory: pytest.TempPathFactory
+    silent_port: int, late_runtime: LateRuntime, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     runtimes = [
-        {"name": "stopped", "url": stopped_runtime_url},
+        {"name": "stopped", "url": late_runtime.url},
         {"name": "slow", "url": f"http://127.0.0.1:{silent_port}"},
         {"name": "nodns", "url": "http://no-such-runtime.invalid:8080"},
     ]
