@@ -10,9 +10,7 @@ from tests.support import REPO, ServerProcess, free_port
 
 def run_gate(**env: str) -> subprocess.CompletedProcess[str]:
     args, full_env = gate_command(**env)
-    return subprocess.run(
-        args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def test_gate_passes_once_the_runtime_comes_up(late_runtime: LateRuntime) -> None:

@@ -59,8 +59,8 @@ def test_importing_the_server_never_imports_torch() -> None:
         "from mcp_server.app import create_app\n"
         "import mcp_server.__main__, mcp_server.wait_for_runtime\n"
         "create_app(load_settings())\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'kserve') if m in sys.modules]\n"
-        "print(heavy)\n"
+        "heavy = ('torch', 'diffusers', 'transformers', 'kserve')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
