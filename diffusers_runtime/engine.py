@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 from PIL import Image
 
 from . import metrics
@@ -66,7 +67,21 @@ class Engine:
         self._window = batch_window_seconds
         self._schedulers = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
         self._schedulers[type(pipe.scheduler).__name__] = type(pipe.scheduler)
-        self._pipes: dict[str | None, DiffusionPipeline] = {None: pipe}
+        self._pipes: dict[tuple[str, str | None], DiffusionPipeline] = {}
+        self.edit_modes: dict[str, str | None] = {}
+        for mode, auto in (
+            ("image", AutoPipelineForImage2Image),
+            ("inpaint", AutoPipelineForInpainting),
+        ):
+            try:
+                # from_pipe shares every weight with the loaded pipeline: no second copy.
+                self._pipes[(mode, None)] = auto.from_pipe(pipe)
+                self.edit_modes[mode] = None
+            except (ValueError, KeyError) as exc:
+                self.edit_modes[mode] = f"{type(pipe).__name__} has no {mode} variant ({exc})"
+        self._pipes[("text", None)] = pipe
+        for variant in self._pipes.values():
+            variant.set_progress_bar_config(disable=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._waiting: deque[Job] = deque()
         self._arrived: asyncio.Event | None = None
@@ -190,26 +205,27 @@ class Engine:
                 metrics.ERRORS.labels(self._model, kind).inc()
                 job.future.set_exception(failure)
 
-    def _pipe_for(self, scheduler: str | None) -> DiffusionPipeline:
-        if scheduler not in self._pipes:
+    def _pipe_for(self, mode: str, scheduler: str | None) -> DiffusionPipeline:
+        if (mode, scheduler) not in self._pipes:
+            base = self._pipes[(mode, None)]
             cls = self._schedulers[scheduler]
-            # from_pipe shares every weight with the loaded pipeline; only the scheduler differs.
-            self._pipes[scheduler] = type(self._pipe).from_pipe(
-                self._pipe, scheduler=cls.from_config(self._pipe.scheduler.config)
-            )
-            self._pipes[scheduler].set_progress_bar_config(disable=True)
-        return self._pipes[scheduler]
+            variant = type(base).from_pipe(base, scheduler=cls.from_config(base.scheduler.config))
+            variant.set_progress_bar_config(disable=True)
+            self._pipes[(mode, scheduler)] = variant
+        return self._pipes[(mode, scheduler)]
 
     def _call(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> list[Image.Image]:
         """Runs on the worker thread."""
         first = batch[0].generation
-        pipe = self._pipe_for(first.scheduler)
-        prompts, negatives, generators = [], [], []
+        pipe = self._pipe_for(first.mode, first.scheduler)
+        prompts, negatives, generators, sources, masks = [], [], [], [], []
         for job in batch:
             g = job.generation
             for index in range(g.num_images):
                 prompts.append(g.prompt)
                 negatives.append(g.negative_prompt or "")
+                sources.append(g.image)
+                masks.append(g.mask)
                 # Image k of a request has seed + k: any image can be made again alone.
                 generators.append(torch.Generator("cpu").manual_seed(g.seed + index))
         last_step = [time.monotonic()]
@@ -223,6 +239,7 @@ class Engine:
             if not live:
                 # Raising (not pipe._interrupt) also skips the VAE decode.
                 raise GenerationCancelled(step + 1)
+            # Fewer than num_inference_steps when an edit's strength skips the first ones.
             total = getattr(pipeline, "num_timesteps", None) or first.num_inference_steps
             for job in live:
                 if job.on_progress is not None:
@@ -240,8 +257,21 @@ class Engine:
         }
         if first.negative_prompt is not None:
             kwargs["negative_prompt"] = negatives
+        if first.mode != "text":
+            kwargs.update(image=sources, strength=first.strength)
+        if first.mode == "inpaint":
+            kwargs["mask_image"] = masks
+        # Only what this pipeline takes: img2img pipelines, for one, have no width/height.
+        accepted = inspect.signature(pipe.__call__).parameters
         with torch.inference_mode():
-            return pipe(**kwargs).images
+            images = pipe(**{k: v for k, v in kwargs.items() if k in accepted}).images
+        if first.mode == "inpaint":
+            # The VAE round trip alters every pixel; outside the mask the source is kept exactly.
+            images = [
+                Image.composite(out, src, mask)
+                for out, src, mask in zip(images, sources, masks, strict=True)
+            ]
+        return images
 
     async def close(self) -> None:
         if self._dispatcher is not None:

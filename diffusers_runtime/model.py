@@ -26,7 +26,7 @@ from .settings import RuntimeSettings
 log = logging.getLogger(__name__)
 
 
-def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, schedulers: tuple[str, ...]):
+def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine) -> Limits:
     pipe = loaded.pipe
     vae_factor = getattr(pipe, "vae_scale_factor", 8)
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
@@ -46,8 +46,12 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, schedulers: tu
         default_height=default_side,
         default_steps=min(settings.default_steps, settings.max_steps),
         default_guidance_scale=settings.default_guidance_scale,
-        schedulers=schedulers,
+        schedulers=engine.scheduler_names,
         supports_negative_prompt="negative_prompt" in inspect.signature(pipe.__call__).parameters,
+        default_strength=settings.default_strength,
+        max_input_image_bytes=settings.max_input_image_bytes,
+        max_input_pixels=settings.max_input_pixels,
+        edit_modes=engine.edit_modes,
     )
 
 
@@ -67,7 +71,7 @@ class DiffusersModel(kserve.Model):
             max_batch_size=self.settings.max_batch_size,
             batch_window_seconds=self.settings.batch_window_ms / 1000,
         )
-        self.limits = limits_for(self.loaded, self.settings, self.engine.scheduler_names)
+        self.limits = limits_for(self.loaded, self.settings, self.engine)
         self.ready = True
         return self.ready
 
@@ -90,6 +94,13 @@ class DiffusersModel(kserve.Model):
             "schedulers": list(limits.schedulers),
             "output_formats": list(PIL_FORMATS),
             "max_batch_size": self.settings.max_batch_size,
+            "edit_modes": {
+                mode: {"supported": reason is None, "reason": reason}
+                for mode, reason in limits.edit_modes.items()
+            },
+            "default_strength": limits.default_strength,
+            "max_input_image_bytes": limits.max_input_image_bytes,
+            "max_input_pixels": limits.max_input_pixels,
         }
 
     async def run(
@@ -133,6 +144,8 @@ class DiffusersModel(kserve.Model):
             "guidance_scale": generation.guidance_scale,
             "scheduler": generation.scheduler or type(self.loaded.pipe.scheduler).__name__,
             "output_format": generation.output_format,
+            "mode": generation.mode,
+            **self._edit_fields(generation),
             "timings": {
                 "queue_ms": round(result.queue_seconds * 1000, 1),
                 "inference_ms": round(result.inference_seconds * 1000, 1),
@@ -141,6 +154,17 @@ class DiffusersModel(kserve.Model):
             },
             "batch_size": result.batch_size,
         }
+
+    @staticmethod
+    def _edit_fields(generation: Generation) -> dict[str, Any]:
+        if generation.mode == "text":
+            return {}
+        # Diffusers skips the first (1 - strength) of the schedule: say how many steps ran.
+        effective = min(
+            int(generation.num_inference_steps * generation.strength),
+            generation.num_inference_steps,
+        )
+        return {"strength": generation.strength, "effective_steps": effective}
 
     async def run_all(self, generations: list[Generation], route: str) -> list[dict[str, Any]]:
         # A task group cancels the siblings when one instance fails: no orphaned work.

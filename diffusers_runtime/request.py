@@ -7,11 +7,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import BadRequest
+from .input_images import decode_image, output_size, prepare_mask, prepare_source
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+Mode = Literal["text", "image", "inpaint"]
 MAX_SEED = 2**32 - 1
 
 
@@ -30,6 +33,10 @@ class GenerationRequest(BaseModel):
     num_images: int = Field(1, ge=1)
     scheduler: str | None = None
     output_format: OutputFormat = "png"
+    # Editing: a source image makes it image-to-image; a mask as well makes it inpainting.
+    image: str | None = None
+    mask_image: str | None = None
+    strength: float | None = Field(None, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ class Limits:
     default_guidance_scale: float
     schedulers: tuple[str, ...]
     supports_negative_prompt: bool
+    default_strength: float
+    max_input_image_bytes: int
+    max_input_pixels: int
+    # Mode -> None when the loaded pipeline family supports it, else why not.
+    edit_modes: dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,16 @@ class Generation:
     num_images: int
     scheduler: str | None
     output_format: OutputFormat
+    mode: Mode = "text"
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    strength: float | None = None
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
         return (
+            self.mode,
+            self.strength,
             self.width,
             self.height,
             self.num_inference_steps,
@@ -99,12 +117,18 @@ def parse(raw: Any, limits: Limits, where: str = "") -> Generation:
 
 def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Generation:
     problems = []
+    edit = _edit_inputs(request, limits, where)
     if len(request.prompt) > limits.max_prompt_chars:
         problems.append(
             f"{where}prompt: {len(request.prompt)} characters, at most {limits.max_prompt_chars}"
         )
-    width = request.width or limits.default_width
-    height = request.height or limits.default_height
+    if edit:
+        width, height = output_size(
+            edit[0], request.width, request.height, limits.size_multiple, limits.max_pixels
+        )
+    else:
+        width = request.width or limits.default_width
+        height = request.height or limits.default_height
     for name, value in (("width", width), ("height", height)):
         if value % limits.size_multiple:
             problems.append(
@@ -120,6 +144,12 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         problems.append(
             f"{where}num_inference_steps: {steps} is more than the limit of {limits.max_steps}"
         )
+    strength = (request.strength or limits.default_strength) if edit else None
+    if strength is not None and int(steps * strength) < 1:
+        problems.append(
+            f"{where}strength: {strength} of {steps} steps leaves no denoising step "
+            "(an edit runs int(steps x strength) steps); raise strength or num_inference_steps"
+        )
     if request.num_images > limits.max_images_per_request:
         problems.append(
             f"{where}num_images: {request.num_images} is more than the limit of "
@@ -134,6 +164,8 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         problems.append(f"{where}negative_prompt: this pipeline does not take a negative prompt")
     if problems:
         raise BadRequest("; ".join(problems))
+    source, mask = edit or (None, None)
+    mode = "inpaint" if mask else "image" if source else "text"
     return Generation(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -149,4 +181,35 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         num_images=request.num_images,
         scheduler=request.scheduler,
         output_format=request.output_format,
+        mode=mode,
+        image=prepare_source(source, (width, height)) if source else None,
+        mask=prepare_mask(mask, source, (width, height), f"{where}mask_image") if mask else None,
+        strength=strength,
     )
+
+
+def _edit_inputs(
+    request: GenerationRequest, limits: Limits, where: str
+) -> tuple[Image.Image, Image.Image | None] | None:
+    """The decoded source image and mask of an edit; None for text-to-image."""
+    if request.image is None:
+        for name in ("mask_image", "strength"):
+            if getattr(request, name) is not None:
+                raise BadRequest(f"{where}{name}: only valid with an input image (field image)")
+        return None
+    mode = "inpaint" if request.mask_image is not None else "image"
+    unsupported = limits.edit_modes.get(mode)
+    if unsupported:
+        raise BadRequest(f"{where}{'mask_image' if mode == 'inpaint' else 'image'}: {unsupported}")
+    source = decode_image(
+        request.image, f"{where}image", limits.max_input_image_bytes, limits.max_input_pixels
+    )
+    mask = None
+    if request.mask_image is not None:
+        mask = decode_image(
+            request.mask_image,
+            f"{where}mask_image",
+            limits.max_input_image_bytes,
+            limits.max_input_pixels,
+        )
+    return source, mask

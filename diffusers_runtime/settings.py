@@ -33,6 +33,9 @@ class RuntimeSettings(BaseSettings):
     max_prompt_chars: int = Field(2000, ge=1)
     default_steps: int = Field(20, ge=1)
     default_guidance_scale: float = Field(7.0, ge=0)
+    default_strength: float = Field(0.8, gt=0, le=1)
+    max_input_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
     # Dynamic batching: requests that can share one pipeline call wait up to the window.
     # A batch size of 1 turns batching off.
