@@ -1,0 +1,203 @@
+"""`make run`: the diffusers runtime and the MCP server together on 127.0.0.1.
+
+Reads MODEL_ID (the model folder the Makefile built), RUNTIME_PORT (8080) and MCP_PORT (8000);
+prints the MCP URL, client configs and a curl example once both are ready; Ctrl-C or SIGTERM
+stops both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_SECONDS = 300
+
+
+class StackError(Exception):
+    pass
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def relay(name: str, process: subprocess.Popen[bytes]) -> None:
+    """Prefix each child's output lines so both logs stay readable in one terminal."""
+    assert process.stdout is not None
+    for line in iter(process.stdout.readline, b""):
+        sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Own process group: the terminal's Ctrl-C reaches only us, and we stop the
+        # children in order instead of racing them.
+        start_new_session=True,
+    )
+    threading.Thread(target=relay, args=(name, process), daemon=True).start()
+    return process
+
+
+class Interrupted(Exception):
+    pass
+
+
+def wait_ready(
+    name: str, process: subprocess.Popen[bytes], url: str, stopping: threading.Event
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if stopping.is_set():
+            raise Interrupted
+        if process.poll() is not None:
+            raise StackError(f"the {name} exited with code {process.returncode}; see its log above")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise StackError(f"the {name} was not ready at {url} after {READY_TIMEOUT_SECONDS} s")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    # The MCP server first, so it never reports the runtime's shutdown as an error.
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def banner(mcp_port: int, runtime_port: int) -> str:
+    mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
+    http_config = {"mcpServers": {"diffusers": {"type": "http", "url": mcp_url}}}
+    stdio_config = {
+        "mcpServers": {
+            "diffusers": {
+                "command": sys.executable,
+                "args": ["-m", "mcp_server", "--transport", "stdio"],
+                "cwd": str(REPO),
+                "env": {"DIFFUSERS_RUNTIME_URL": f"http://127.0.0.1:{runtime_port}"},
+            }
+        }
+    }
+    curl = (
+        f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations "
+        "-H 'Content-Type: application/json' "
+        '-d \'{"prompt": "a lighthouse at dusk", "size": "256x256", "response_format": "url"}\''
+    )
+    return "\n".join(
+        [
+            "",
+            "=" * 72,
+            f"MCP server ready:  {mcp_url}",
+            f"REST API + docs:   http://127.0.0.1:{mcp_port}/docs",
+            f"Runtime:           http://127.0.0.1:{runtime_port}/v1/models/model",
+            "",
+            "MCP client config (streamable HTTP):",
+            json.dumps(http_config, indent=2),
+            "",
+            "MCP client config (stdio, for desktop clients that only launch commands):",
+            json.dumps(stdio_config, indent=2),
+            "",
+            "Try it:",
+            curl,
+            "",
+            "Ctrl-C stops both.",
+            "=" * 72,
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    model_id = os.environ.get("MODEL_ID", str(REPO / ".cache" / "tiny-sd"))
+    runtime_port = int(os.environ.get("RUNTIME_PORT", "8080"))
+    mcp_port = int(os.environ.get("MCP_PORT", "8000"))
+    for name, port, variable in (
+        ("runtime", runtime_port, "RUNTIME_PORT"),
+        ("MCP server", mcp_port, "MCP_PORT"),
+    ):
+        if not port_is_free(port):
+            print(
+                f"local_stack: port {port} for the {name} is in use; stop what listens there "
+                f"or pick another port, e.g. make run {variable}={port + 1}",
+                file=sys.stderr,
+            )
+            return 1
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        runtime = spawn(
+            "runtime",
+            ["-m", "diffusers_runtime", "--http_port", str(runtime_port), "--enable_grpc", "false"],
+            {"MODEL_ID": model_id, "MODEL_NAME": "model"},
+        )
+        processes.append(runtime)
+        server = spawn(
+            "mcp",
+            ["-m", "mcp_server"],
+            {
+                "DIFFUSERS_RUNTIME_URL": f"http://127.0.0.1:{runtime_port}",
+                "DIFFUSERS_MODEL_ID": "model",
+                "HOST": "127.0.0.1",
+                "PORT": str(mcp_port),
+                "IMAGE_STORE_DIR": str(REPO / ".cache" / "images"),
+            },
+        )
+        processes.append(server)
+        wait_ready("runtime", runtime, f"http://127.0.0.1:{runtime_port}/v1/models/model", stopping)
+        wait_ready("MCP server", server, f"http://127.0.0.1:{mcp_port}/ready", stopping)
+        print(banner(mcp_port, runtime_port), flush=True)
+        while not stopping.wait(0.5):
+            for process, name in ((runtime, "runtime"), (server, "MCP server")):
+                if process.poll() is not None:
+                    raise StackError(f"the {name} exited with code {process.returncode}")
+        print("local_stack: stopping", flush=True)
+        return 0
+    except Interrupted:
+        print("local_stack: interrupted before both were ready; stopping", flush=True)
+        return 0
+    except StackError as exc:
+        print(f"local_stack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop(processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`make run`'s script: both processes up, the banner printed, SIGINT stops both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.support import REPO, free_port, tiny_model_dir
+
+
+def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
+    runtime_port, mcp_port = free_port(), free_port()
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "scripts.local_stack"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "MODEL_ID": str(tiny_model_dir()),
+            "RUNTIME_PORT": str(runtime_port),
+            "MCP_PORT": str(mcp_port),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        assert stack.stdout is not None
+        while time.monotonic() < deadline:
+            line = stack.stdout.readline()
+            assert line, "".join(lines[-30:])
+            lines.append(line)
+            if line.startswith("Ctrl-C stops both"):
+                break
+        output = "".join(lines)
+        assert f"MCP server ready:  http://127.0.0.1:{mcp_port}/mcp" in output
+        config = output.split("MCP client config (streamable HTTP):\n", 1)[1]
+        config = json.loads(config.split("\n\n", 1)[0])
+        assert config["mcpServers"]["diffusers"]["url"] == f"http://127.0.0.1:{mcp_port}/mcp"
+        assert f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations" in output
+        assert httpx.get(f"http://127.0.0.1:{mcp_port}/ready", timeout=10).status_code == 200
+
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(30) == 0
+    finally:
+        if stack.poll() is None:
+            # SIGTERM first: the script then stops its children, which SIGKILL would orphan.
+            stack.terminate()
+            try:
+                stack.wait(30)
+            except subprocess.TimeoutExpired:
+                stack.kill()
+                stack.wait()
+    for port in (runtime_port, mcp_port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
