@@ -141,8 +141,10 @@ async def _mcp_generate(base: str, headers: dict[str, str], args: argparse.Names
     if (structured.get("width"), structured.get("height")) != (args.size, args.size):
         asked = f"{args.size}x{args.size}"
         raise RuntimeError(f"structuredContent does not report {asked}: {structured}")
-    if not progress:
-        raise RuntimeError("no progress notification arrived during the generation")
+    if len(progress) < args.steps:
+        raise RuntimeError(
+            f"{len(progress)} progress notifications for {args.steps} steps (expected one per step)"
+        )
     return (
         f"image {images[0].mime_type} preview {size[0]}x{size[1]}, "
         f"{len(progress)} progress notifications, seed {structured.get('seed')}"
