@@ -143,7 +143,11 @@ def test_route_host_is_what_the_server_accepts_and_links_to(env, mcp_docs):
     host = route["spec"]["host"]
     assert host == f"mcp-server-mcp-server-{env}.apps.cluster.example.com"
     settings = config(mcp_docs)
-    assert host in settings["ALLOWED_HOSTS"].split(",")
+    allowed = settings["ALLOWED_HOSTS"].split(",")
+    assert host in allowed
+    # In-cluster clients reach /mcp through the Service, whose name is then the Host header.
+    service = one(mcp_docs, "Service")["metadata"]
+    assert f"{service['name']}.{service['namespace']}.svc:*" in allowed
     tls = route["spec"].get("tls")
     if env == "dev":
         assert tls is None
