@@ -122,11 +122,20 @@ class Settings(BaseSettings):
 
     @property
     def mcp_allowed_hosts(self) -> list[str]:
-        return [*LOOPBACK_HOSTS, *self.allowed_hosts]
+        """Loopback, ALLOWED_HOSTS and PUBLIC_URL's host: clients reach us under that name."""
+        public = []
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            public = [parts.netloc, f"{parts.hostname}:*"]
+        return [*LOOPBACK_HOSTS, *public, *self.allowed_hosts]
 
     @property
     def mcp_allowed_origins(self) -> list[str]:
-        return [*LOOPBACK_ORIGINS, *self.allowed_origins]
+        public = []
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            public = [f"{parts.scheme}://{parts.netloc}"]
+        return [*LOOPBACK_ORIGINS, *public, *self.allowed_origins]
 
 
 class SettingsError(Exception):

@@ -22,7 +22,10 @@ def guarded(
     runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     with start_mcp_server(
-        tmp_path_factory.mktemp("auth"), DIFFUSERS_RUNTIME_URL=runtime.url, MCP_AUTH_TOKEN=TOKEN
+        tmp_path_factory.mktemp("auth"),
+        DIFFUSERS_RUNTIME_URL=runtime.url,
+        MCP_AUTH_TOKEN=TOKEN,
+        ALLOWED_HOSTS="mcp.example.test",
     ) as server:
         yield server
 
@@ -68,3 +71,22 @@ def test_mcp_needs_the_token(guarded: ServerProcess) -> None:
 def test_probes_and_metrics_stay_open(guarded: ServerProcess) -> None:
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{guarded.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_mcp_refuses_unknown_host_headers(guarded: ServerProcess) -> None:
+    """The SDK's DNS-rebinding protection, configured through ALLOWED_HOSTS."""
+
+    def list_tools_as(host: str) -> httpx.Response:
+        return httpx.post(
+            f"{guarded.url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+            headers={
+                "Host": host,
+                "Authorization": f"Bearer {TOKEN}",
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2025-11-25",
+            },
+        )
+
+    assert list_tools_as("attacker.example").status_code == 421
+    assert list_tools_as("mcp.example.test").status_code == 200
