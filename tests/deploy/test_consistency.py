@@ -4,13 +4,17 @@ down and bounded."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.deploy.manifests import (
     MCP_ENVS,
+    REPO,
     config,
     env_vars,
     find,
@@ -302,3 +306,24 @@ def test_production_is_highly_available_with_a_shared_image_store():
         assert secret_refs[required]["name"] == "mcp-server-s3"
         assert not secret_refs[required].get("optional")
     assert secret_refs["MCP_AUTH_TOKEN"]["optional"] is True
+
+
+@pytest.mark.parametrize("container_name", ["wait-for-runtime", "mcp-server"])
+def test_server_settings_accept_the_rendered_configuration(mcp_docs, container_name):
+    """Each MCP container's environment, as the pod gets it (Secret values stood in), passes
+    the server's own configuration check."""
+    (container,) = [c for c in all_containers(pod_spec(mcp_docs)) if c["name"] == container_name]
+    environment = {"PATH": os.environ["PATH"], **config(mcp_docs)}
+    for name, var in env_vars(container).items():
+        stand_in = "https://s3.example.com" if name.endswith("_URL") else f"stand-in-{name.lower()}"
+        environment[name] = var.get("value", stand_in)
+    result = subprocess.run(
+        [sys.executable, "-c", "from mcp_server.settings import load_settings; load_settings()"],
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
