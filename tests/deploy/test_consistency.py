@@ -327,3 +327,35 @@ def test_server_settings_accept_the_rendered_configuration(mcp_docs, container_n
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_runtime_settings_accept_the_rendered_configuration(model_docs):
+    environment = {"PATH": os.environ["PATH"]}
+    environment |= {
+        name: var["value"] for name, var in env_vars(runtime_container(model_docs)).items()
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from diffusers_runtime.settings import load_settings as l; print(l())",
+        ],
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # Every variable the manifests set is one the runtime reads (a typo would be ignored).
+    read = result.stdout
+    for name in environment.keys() - {
+        "PATH",
+        "HOME",
+        "HF_HOME",
+        "XDG_CACHE_HOME",
+        "TORCH_HOME",
+        "HF_HUB_OFFLINE",
+    }:
+        assert f"{name.lower()}=" in read, name
