@@ -52,7 +52,7 @@ class ServerProcess:
         return self.process.returncode
 
 
-def wait_until_ready(server: ServerProcess, path: str, timeout: float) -> None:
+def wait_until_ready(server: ServerProcess, path: str, timeout: float, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -60,7 +60,7 @@ def wait_until_ready(server: ServerProcess, path: str, timeout: float) -> None:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(server.url + path, timeout=2).status_code == 200:
                 return
-        time.sleep(0.2)
+        time.sleep(poll)
     server.stop()
     raise RuntimeError(f"server not ready at {server.url}{path} after {timeout}s:\n{server.log()}")
 
@@ -74,6 +74,7 @@ def run_server(
     env: dict[str, str] | None = None,
     log_path: Path,
     timeout: float = 120,
+    poll: float = 0.2,
 ) -> Iterator[ServerProcess]:
     """Run `python ARGS` with ENV added, wait for READY_PATH to answer 200, stop it after."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -87,7 +88,7 @@ def run_server(
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until_ready(server, ready_path, timeout)
+        wait_until_ready(server, ready_path, timeout, poll)
         yield server
     finally:
         server.stop()

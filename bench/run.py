@@ -1,0 +1,459 @@
+"""`make bench`: every layer of the service measured side by side, in one run.
+
+Layers, on the same parameters: (1) raw: the pipeline in-process plus PNG encoding, the
+physical floor; (2) the runtime over HTTP (KServe v1 :predict); (3) the MCP server's
+generate_image through the mcp SDK client over streamable HTTP; (4) the REST endpoint through
+the openai client. Figures are medians (and p90) of repeated runs with torch fixed to one
+thread, so that a shared 2-core machine gives stable numbers. Writes bench/results/latest.json,
+bench/results/latest.md, and the README's performance section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import httpx2
+import openai
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.support import REPO, ServerProcess, free_port, run_server, tiny_model_dir
+
+RESULTS = REPO / "bench" / "results"
+THREADS = 1
+SIZES = [(64, 4, 15), (128, 4, 10), (256, 20, 5)]  # side, steps, repeats
+CONCURRENCY = [1, 4, 8]
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "median": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))],
+        "n": len(ordered),
+    }
+
+
+def timed(call: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return summary(samples)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[list[float]]:
+    """Samples RSS every 20 ms while the block runs; the list holds the peak afterwards."""
+    peak = [rss_mib(pid)]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], rss_mib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+
+
+# Layer 1: the pipeline in-process.
+
+
+def raw_layer(model_dir: str) -> tuple[dict, Callable[[dict], None]]:
+    import torch
+
+    from diffusers_runtime.encoding import encode
+    from diffusers_runtime.loading import load_pipeline
+    from diffusers_runtime.settings import RuntimeSettings
+
+    torch.set_num_threads(THREADS)
+    pipe = load_pipeline(RuntimeSettings(model_id=model_dir)).pipe
+
+    def generate(params: dict) -> None:
+        generator = torch.Generator("cpu").manual_seed(params.get("seed", 0))
+        image = pipe(
+            "a watercolor lighthouse",
+            width=params["width"],
+            height=params["height"],
+            num_inference_steps=params["num_inference_steps"],
+            guidance_scale=7.0,
+            generator=generator,
+        ).images[0]
+        encode(image, "png")
+
+    return {"pipeline": type(pipe).__name__}, generate
+
+
+# Layers 2-4: clients of the processes.
+
+
+def runtime_call(url: str, client: httpx.Client) -> Callable[[dict], None]:
+    def generate(params: dict) -> None:
+        response = client.post(
+            f"{url}/v1/models/model:predict",
+            json={"instances": [{"prompt": "a watercolor lighthouse", "seed": 0, **params}]},
+        )
+        response.raise_for_status()
+
+    return generate
+
+
+class CountingTransport(httpx2.AsyncHTTPTransport):
+    """Counts the bytes of the responses to tools/call: the MCP result's wire size.
+
+    The session's other exchanges (discovery, the tools/list the client reads once to validate
+    structured output) are per-session costs, not per-image ones.
+    """
+
+    received = 0
+
+    async def handle_async_request(self, request):
+        response = await super().handle_async_request(request)
+        if b'"tools/call"' not in request.content:
+            return response
+        original = response.stream
+
+        class Counted(httpx2.AsyncByteStream):
+            async def __aiter__(inner):
+                async for chunk in original:
+                    CountingTransport.received += len(chunk)
+                    yield chunk
+
+            async def aclose(inner):
+                await original.aclose()
+
+        response.stream = Counted()
+        return response
+
+
+async def mcp_generate_counted(url: str, params: dict) -> tuple[object, int]:
+    """One generate_image call; returns the result and the response bytes it took."""
+    CountingTransport.received = 0
+    async with (
+        httpx2.AsyncClient(transport=CountingTransport(), timeout=120) as http_client,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http_client)) as client,
+    ):
+        result = await client.call_tool("generate_image", {"prompt": "a lighthouse", **params})
+    if result.is_error:
+        raise RuntimeError(f"generate_image failed: {result.content}")
+    return result, CountingTransport.received
+
+
+class McpLayer:
+    """One MCP client session, as an agent keeps it, driven from synchronous benchmark code."""
+
+    def __init__(self, url: str):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.stack = contextlib.AsyncExitStack()
+        self.client = self._run(self.stack.enter_async_context(Client(f"{url}/mcp")))
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def __call__(self, params: dict) -> None:
+        arguments = {"prompt": "a watercolor lighthouse", "seed": 0, **params}
+        result = self._run(self.client.call_tool("generate_image", arguments))
+        if result.is_error:
+            raise RuntimeError(f"generate_image failed: {result.content}")
+
+    def close(self) -> None:
+        self._run(self.stack.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
+    def generate(params: dict) -> None:
+        client.images.generate(
+            prompt="a watercolor lighthouse",
+            size=f"{params['width']}x{params['height']}",
+            response_format="b64_json",
+            extra_body={"num_inference_steps": params["num_inference_steps"], "seed": 0},
+        )
+
+    return generate
+
+
+def throughput(call: Callable[[dict], None], clients: int, per_client: int = 4) -> float:
+    """Images per second with CLIENTS closed-loop clients, PER_CLIENT requests each."""
+
+    def client_loop(index: int) -> None:
+        for k in range(per_client):
+            call({**SMALL, "seed": index * 100 + k})
+
+    call(SMALL)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_loop, range(clients)))
+    return clients * per_client / (time.perf_counter() - started)
+
+
+def cold_start(model_dir: str, log_dir: Path) -> dict[str, float]:
+    """Runtime process start to ready, against a process that only imports and loads."""
+    load_only = (
+        "from diffusers_runtime.loading import load_pipeline;"
+        "from diffusers_runtime.settings import RuntimeSettings;"
+        f"load_pipeline(RuntimeSettings(model_id={model_dir!r}))"
+    )
+    baseline, served = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", load_only], check=True, capture_output=True)
+        baseline.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with start_runtime(model_dir, log_dir, poll=0.02):
+            served.append(time.perf_counter() - started)
+    return {
+        "import_and_load_s": statistics.median(baseline),
+        "runtime_ready_s": statistics.median(served),
+    }
+
+
+@contextlib.contextmanager
+def start_runtime(model_dir: str, log_dir: Path, poll: float = 0.2, **env: str):
+    port = free_port()
+    with run_server(
+        ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
+        port=port,
+        ready_path="/v1/models/model",
+        env={"MODEL_ID": model_dir, "TORCH_THREADS": str(THREADS), "LOG_LEVEL": "WARNING", **env},
+        log_path=log_dir / f"runtime-{port}.log",
+        poll=poll,
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_mcp_server(runtime: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    with run_server(
+        ["-m", "mcp_server"],
+        port=port,
+        ready_path="/health",
+        env={
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "DIFFUSERS_RUNTIME_URL": runtime.url,
+            "IMAGE_STORE_DIR": str(log_dir / "images"),
+            # Let every benchmark client through, so the runtime can batch them.
+            "MAX_CONCURRENT_PER_RUNTIME": "8",
+            "LOG_LEVEL": "WARNING",
+        },
+        log_path=log_dir / f"mcp-{port}.log",
+    ) as server:
+        yield server
+
+
+def wire_bytes(mcp_url: str, rest_url: str) -> dict[str, float]:
+    params = {**SMALL, "width": 128, "height": 128, "seed": 5}
+    result, mcp_wire = asyncio.run(mcp_generate_counted(mcp_url, params))
+    image_ids = result.structured_content["images"]
+    stored = httpx.get(image_ids[0]["url"], timeout=30).content
+    rest = httpx.post(
+        f"{rest_url}/v1/images/generations",
+        json={
+            "prompt": "a lighthouse",
+            "size": "128x128",
+            "response_format": "b64_json",
+            "num_inference_steps": 4,
+            "seed": 5,
+        },
+        timeout=120,
+    )
+    encoded = len(base64.b64decode(rest.json()["data"][0]["b64_json"]))
+    return {
+        "image_bytes": encoded,
+        "mcp_stored_image_bytes": len(stored),
+        "mcp_result_bytes": mcp_wire,
+        "rest_result_bytes": len(rest.content),
+        "mcp_ratio": mcp_wire / len(stored),
+        "rest_ratio": len(rest.content) / encoded,
+    }
+
+
+def measure(log_dir: Path) -> dict:
+    model_dir = str(tiny_model_dir())
+    meta, raw = raw_layer(model_dir)
+    results: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch_threads": THREADS,
+        },
+        **meta,
+        "latency": {},
+        "throughput": {},
+    }
+    with (
+        start_runtime(model_dir, log_dir) as runtime,
+        start_mcp_server(runtime, log_dir) as mcp,
+        httpx.Client(timeout=300) as http,
+    ):
+        rest_client = openai.OpenAI(base_url=f"{mcp.url}/v1", api_key="unused", timeout=300)
+        layers = {
+            "raw": raw,
+            "runtime": runtime_call(runtime.url, http),
+            "mcp": McpLayer(mcp.url),
+            "rest": rest_call(mcp.url, rest_client),
+        }
+        for side, steps, repeats in SIZES:
+            params = {"width": side, "height": side, "num_inference_steps": steps}
+            key = f"{side}x{side}/{steps}"
+            figures = {
+                name: timed(functools.partial(call, params), repeats)
+                for name, call in layers.items()
+            }
+            for name in ("runtime", "mcp", "rest"):
+                figures[name]["ratio_to_raw"] = figures[name]["median"] / figures["raw"]["median"]
+            results["latency"][key] = figures
+            print(key, {n: round(f["median"] * 1000, 1) for n, f in figures.items()}, flush=True)
+
+        raw_rate = throughput(raw, 1, per_client=16)
+        results["throughput"]["raw_sequential"] = raw_rate
+        idle = rss_mib(mcp.process.pid)
+        for clients in CONCURRENCY:
+            for name in ("runtime", "mcp"):
+                if name == "mcp" and clients == max(CONCURRENCY):
+                    with peak_rss(mcp.process.pid) as peak:
+                        rate = throughput(layers[name], clients)
+                    results["mcp_rss_under_load_mib"] = peak[0]
+                else:
+                    rate = throughput(layers[name], clients)
+                results["throughput"][f"{name}_{clients}"] = {
+                    "images_per_s": rate,
+                    "ratio_to_raw_sequential": rate / raw_rate,
+                }
+                print(f"throughput {name} x{clients}: {rate:.2f} img/s", flush=True)
+        results["mcp_rss_idle_mib"] = idle
+        results["runtime_rss_mib"] = rss_mib(runtime.process.pid)
+        results["wire"] = wire_bytes(mcp.url, mcp.url)
+        layers["mcp"].close()
+    with (
+        start_runtime(model_dir, log_dir, MAX_BATCH_SIZE="1") as unbatched,
+        httpx.Client(timeout=300) as http,
+    ):
+        rate = throughput(runtime_call(unbatched.url, http), max(CONCURRENCY))
+        results["throughput"][f"runtime_{max(CONCURRENCY)}_batching_off"] = {
+            "images_per_s": rate,
+            "ratio_to_raw_sequential": rate / raw_rate,
+        }
+    results["cold_start"] = cold_start(model_dir, log_dir)
+    results["cold_start"]["ratio"] = (
+        results["cold_start"]["runtime_ready_s"] / results["cold_start"]["import_and_load_s"]
+    )
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"Measured on {results['machine']['cores']} cores "
+        f"({results['machine']['cpu']}), Python {results['machine']['python']}, "
+        f"torch threads {results['machine']['torch_threads']}, tiny model; medians (p90).",
+        "",
+        "| single request | raw | runtime | MCP | REST |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, figures in results["latency"].items():
+        cells = [f"{figures['raw']['median'] * 1000:.0f} ms ({figures['raw']['p90'] * 1000:.0f})"]
+        for name in ("runtime", "mcp", "rest"):
+            f = figures[name]
+            cells.append(
+                f"{f['median'] * 1000:.0f} ms ({f['p90'] * 1000:.0f}), **{f['ratio_to_raw']:.2f}x**"
+            )
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    t = results["throughput"]
+    lines += [
+        "",
+        f"Throughput at 64x64/4 steps (raw sequential: {t['raw_sequential']:.2f} images/s):",
+        "",
+        "| clients | runtime | MCP |",
+        "| --- | --- | --- |",
+    ]
+    for clients in CONCURRENCY:
+        cells = [
+            f"{t[f'{n}_{clients}']['images_per_s']:.2f}/s, "
+            f"**{t[f'{n}_{clients}']['ratio_to_raw_sequential']:.2f}x**"
+            for n in ("runtime", "mcp")
+        ]
+        lines.append(f"| {clients} | " + " | ".join(cells) + " |")
+    off = t[f"runtime_{max(CONCURRENCY)}_batching_off"]
+    w, c = results["wire"], results["cold_start"]
+    lines += [
+        "",
+        f"- Runtime with batching off, {max(CONCURRENCY)} clients: "
+        f"{off['images_per_s']:.2f}/s ({off['ratio_to_raw_sequential']:.2f}x raw).",
+        f"- MCP server RSS: {results['mcp_rss_idle_mib']:.0f} MiB idle, "
+        f"{results['mcp_rss_under_load_mib']:.0f} MiB peak under {max(CONCURRENCY)} clients; "
+        f"runtime RSS {results['runtime_rss_mib']:.0f} MiB.",
+        f"- Runtime cold start: {c['runtime_ready_s']:.1f} s to ready vs "
+        f"{c['import_and_load_s']:.1f} s to import and load in a bare process "
+        f"(**{c['ratio']:.2f}x**).",
+        f"- Wire bytes per image (128x128 PNG): MCP result {w['mcp_result_bytes']} B for a "
+        f"{w['mcp_stored_image_bytes']} B image (**{w['mcp_ratio']:.2f}x**); REST b64_json "
+        f"{w['rest_result_bytes']} B for {w['image_bytes']} B (**{w['rest_ratio']:.2f}x**).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(markdown: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        readme.write_text(f"{before}{start}\n{markdown}{end}{after}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(exist_ok=True)
+    results = measure(log_dir)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = table(results)
+    (RESULTS / "latest.md").write_text(markdown)
+    if not args.no_readme:
+        update_readme(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
