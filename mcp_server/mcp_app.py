@@ -30,7 +30,8 @@ from mcp_server.store import MIME_TYPES, InvalidIdError
 
 INSTRUCTIONS = """\
 Generates images with Hugging Face diffusers models served on KServe.
-Use generate_image for a direct call (progress is reported per denoising step). If your
+Use generate_image for a direct call (progress is reported per denoising step) and
+edit_image to change or inpaint an image this server returned. If your
 tool-call timeout is short, use start_generation, then get_generation with wait_seconds until
 the status is succeeded, failed or cancelled. list_models shows the models, their limits and
 defaults. Results carry a small inline image plus a resource_link (and an https URL when served
@@ -198,25 +199,90 @@ def build_mcp(
                 output_format=output_format,
                 model=model,
             )
+            return await run_generation(ctx, request, "generate_image")
 
-            async def progress(step: int, total: int) -> None:
-                await ctx.report_progress(step, total, f"denoising step {step}/{total}")
-
-            try:
-                result, blobs = await service.generate(
-                    request,
-                    entry="generate_image",
-                    request_id=_request_id(ctx),
-                    on_progress=progress,
-                    base_url=base_url(ctx),
-                )
-            except ServiceError as exc:
-                raise ToolError(str(exc)) from None
-            blocks = await image_blocks(result, blobs, inline_budget)
-            return CallToolResult(
-                content=[TextContent(text=summary(result)), *blocks],
-                structured_content=result.model_dump(mode="json"),
+    @mcp.tool(
+        annotations=Hints(
+            title="Edit image",
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        )
+    )
+    async def edit_image(
+        ctx: Context,
+        prompt: Prompt,
+        image: Annotated[
+            str,
+            Field(
+                min_length=1,
+                description="The image to edit: an id, image:// URI or URL returned by this "
+                "server, or base64 PNG/JPEG/WebP data.",
+            ),
+        ],
+        mask_image: Annotated[
+            str | None,
+            Field(description="Inpainting mask, same forms as image: white areas are repainted."),
+        ] = None,
+        strength: Annotated[
+            float | None,
+            Field(gt=0, le=1, description="How much to change: 0.3 subtle, 0.8 heavy."),
+        ] = None,
+        negative_prompt: Negative = None,
+        width: Width = None,
+        height: Height = None,
+        num_inference_steps: Steps = None,
+        guidance_scale: Guidance = None,
+        seed: Seed = None,
+        num_images: Count = None,
+        scheduler: Scheduler = None,
+        output_format: Format = None,
+        model: Model = None,
+    ) -> Annotated[CallToolResult, GenerationResult]:
+        """Change an existing image following a prompt (image-to-image), or repaint only the
+        masked part (inpainting). Returns the same result as generate_image; the original is
+        kept."""
+        with _observe("edit_image"):
+            request = _request(
+                prompt=prompt,
+                image=image,
+                mask_image=mask_image,
+                strength=strength,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                num_images=num_images,
+                scheduler=scheduler,
+                output_format=output_format,
+                model=model,
             )
+            return await run_generation(ctx, request, "edit_image")
+
+    async def run_generation(
+        ctx: Context, request: GenerationRequest, entry: str
+    ) -> CallToolResult:
+        async def progress(step: int, total: int) -> None:
+            await ctx.report_progress(step, total, f"denoising step {step}/{total}")
+
+        try:
+            result, blobs = await service.generate(
+                request,
+                entry=entry,
+                request_id=_request_id(ctx),
+                on_progress=progress,
+                base_url=base_url(ctx),
+            )
+        except ServiceError as exc:
+            raise ToolError(str(exc)) from None
+        blocks = await image_blocks(result, blobs, inline_budget)
+        return CallToolResult(
+            content=[TextContent(text=summary(result)), *blocks],
+            structured_content=result.model_dump(mode="json"),
+        )
 
     @mcp.tool(
         annotations=Hints(

@@ -56,6 +56,9 @@ class ImageGenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0)
     scheduler: str | None = None
     output_format: OutputFormat | None = None
+    image: str | None = Field(None, description="Source image id, URL or base64 for an edit.")
+    mask_image: str | None = Field(None, description="Inpainting mask, like image.")
+    strength: float | None = Field(None, gt=0, le=1)
 
     def to_generation(self) -> GenerationRequest:
         width = height = None
@@ -76,6 +79,9 @@ class ImageGenerationRequest(BaseModel):
             scheduler=self.scheduler,
             output_format=self.output_format,
             model=self.model,
+            image=self.image,
+            mask_image=self.mask_image,
+            strength=self.strength,
         )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -47,9 +48,17 @@ class GenerationRequest(BaseModel):
     scheduler: str | None = Field(None, description="Scheduler name; see list_models.")
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp.")
     model: str | None = Field(None, description="Model name from list_models; default if unset.")
-
-    def instance(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude={"model"})
+    image: str | None = Field(
+        None,
+        description="Source image for an edit: an image id, image:// URI or URL returned by "
+        "this server, or base64 PNG/JPEG/WebP data.",
+    )
+    mask_image: str | None = Field(
+        None, description="Inpainting mask (white = repaint), referenced like `image`."
+    )
+    strength: float | None = Field(
+        None, gt=0, le=1, description="How much of the source to change (0-1)."
+    )
 
 
 class ImageRef(BaseModel):
@@ -129,6 +138,10 @@ class Limiter:
             self._slots.release()
 
 
+# The id at the end of an image:// URI or of a /v1/images/{id} URL minted by this server.
+STORED_REFERENCE = re.compile(r"(?:^|/)([A-Za-z0-9_-]{32})(?:\.(?:png|jpeg|webp))?$")
+
+
 def image_uri(image_id: str, mime_type: str) -> str:
     extension = {v: k for k, v in MIME_TYPES.items()}.get(mime_type, "png")
     return f"image://generated/{image_id}.{extension}"
@@ -161,6 +174,38 @@ class ImageService:
             for name in self.targets
         }
 
+    async def _source(self, reference: str, field: str) -> str:
+        """Base64 data of an edit's source image or mask. References to stored images are read
+        from the store; other URLs are refused rather than fetched (no server-side requests
+        to arbitrary addresses)."""
+        is_reference = reference.startswith(("image://", "http://", "https://"))
+        match = STORED_REFERENCE.search(reference)
+        if not is_reference and not (match and match.start() == 0):
+            return reference.split(",", 1)[1] if reference.startswith("data:") else reference
+        if match is None:
+            raise ServiceError(
+                f"{field}: {reference[:100]!r} is not an image of this server; pass an image "
+                "id, image:// URI or URL returned by generate_image, or base64 image data.",
+                status=400,
+                kind="invalid_request",
+            )
+        stored = await self.store.get_image(match[1])
+        if stored is None:
+            raise ServiceError(
+                f"{field}: image {match[1]!r} does not exist or has expired; generate it again "
+                "or send the image as base64 data.",
+                status=400,
+                kind="invalid_request",
+            )
+        return base64.b64encode(stored.data).decode()
+
+    async def _instance(self, request: GenerationRequest) -> dict[str, Any]:
+        instance = request.model_dump(exclude_none=True, exclude={"model"})
+        for field in ("image", "mask_image"):
+            if field in instance:
+                instance[field] = await self._source(instance[field], field)
+        return instance
+
     def client(self, model: str | None) -> RuntimeClient:
         name = model or self.default_model
         if name not in self.clients:
@@ -191,6 +236,7 @@ class ImageService:
         try:
             client = self.client(request.model)
             name = request.model or self.default_model
+            instance = await self._instance(request)
             async with self.limiters[name].slot():
                 waited_ms = (time.monotonic() - started) * 1000
                 log.info(
@@ -201,9 +247,9 @@ class ImageService:
                     extra={"model": name},
                 )
                 if on_progress is None:
-                    prediction = await client.predict(request.instance(), request_id)
+                    prediction = await client.predict(instance, request_id)
                 else:
-                    prediction = await client.generate(request.instance(), request_id, on_progress)
+                    prediction = await client.generate(instance, request_id, on_progress)
             result, images = await self._store(name, request, prediction, waited_ms, base_url)
             outcome = "ok"
             return result, images

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import signal
 import time
@@ -11,6 +13,7 @@ import time
 import httpx
 import pytest
 from mcp import Client
+from PIL import Image
 
 from tests.mcp_server.conftest import start_mcp_server
 from tests.mcp_server.helpers import LONG, SMALL, image_size, metric
@@ -268,3 +271,55 @@ def test_resources_and_prompts(mcp_server: ServerProcess) -> None:
     assert missing and "expired" in missing
     assert {"image_prompt", "refine_prompt", "product_shot"} <= set(prompts)
     assert "lighthouse" in prompt.messages[0].content.text
+
+
+def _white_square_mask() -> str:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_edit_image_reworks_and_inpaints_a_stored_image(mcp_server: ServerProcess) -> None:
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            source = await client.call_tool(
+                "generate_image", {"prompt": "a house", **SMALL, "seed": 5}
+            )
+            image = source.structured_content["images"][0]
+            reworked = await client.call_tool(
+                "edit_image",
+                {
+                    "prompt": "a house in snow",
+                    "image": image["uri"],
+                    "strength": 0.5,
+                    "seed": 1,
+                    "num_inference_steps": 4,
+                },
+            )
+            inpainted = await client.call_tool(
+                "edit_image",
+                {
+                    "prompt": "a red door",
+                    "image": image["url"],
+                    "mask_image": _white_square_mask(),
+                    "num_inference_steps": 4,
+                },
+            )
+            foreign = await client.call_tool(
+                "edit_image", {"prompt": "x", "image": "https://example.com/cat.png"}
+            )
+            expired = await client.call_tool(
+                "edit_image", {"prompt": "x", "image": "image://generated/" + "D" * 32 + ".png"}
+            )
+            return reworked, inpainted, foreign, expired
+
+    reworked, inpainted, foreign, expired = run(scenario())
+    for result in (reworked, inpainted):
+        assert not result.is_error, result.content
+        inline = next(b for b in result.content if b.type == "image")
+        assert image_size(inline.data) == (64, 64)
+    assert foreign.is_error and "image: " in foreign.content[0].text
+    assert "not an image of this server" in foreign.content[0].text
+    assert expired.is_error and "expired" in expired.content[0].text
