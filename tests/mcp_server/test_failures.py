@@ -1,5 +1,5 @@
-"""A stopped, a slow and an unresolvable runtime each give a clear error in time, and a full
-queue gives a busy error; the server keeps serving throughout."""
+"""A stopped, a slow, an unresolvable runtime and a URL pointing at another service each give
+a clear error in time, and a full queue gives a busy error; the server keeps serving."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from mcp import Client
 
 from tests.mcp_server.conftest import LateRuntime, start_mcp_server
 from tests.mcp_server.helpers import SMALL
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess
 
 TIMEOUT = 2.0
 
@@ -48,12 +49,44 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
+class NotARuntime(BaseHTTPRequestHandler):
+    """Some other web service answering 200 with HTML: a DIFFUSERS_RUNTIME_URL typo."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b"<html><body>Welcome to nginx!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def other_service_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotARuntime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def failing(
-    silent_port: int, late_runtime: LateRuntime, tmp_path_factory: pytest.TempPathFactory
+    silent_port: int,
+    other_service_port: int,
+    late_runtime: LateRuntime,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     runtimes = [
         {"name": "stopped", "url": late_runtime.url},
+        {"name": "wrong", "url": f"http://127.0.0.1:{other_service_port}"},
         {"name": "slow", "url": f"http://127.0.0.1:{silent_port}"},
         {"name": "nodns", "url": "http://no-such-runtime.invalid:8080"},
     ]
@@ -72,6 +105,7 @@ CASES = [
     ("stopped", "refused the connection"),
     ("slow", f"did not answer within {TIMEOUT:g} s"),
     ("nodns", "does not resolve"),
+    ("wrong", "unexpected answer"),
 ]
 
 
@@ -121,7 +155,7 @@ def test_readiness_reports_each_runtime_and_the_server_keeps_serving(
     ready = httpx.get(f"{failing.url}/ready", timeout=30)
     assert ready.status_code == 503
     states = {entry["model"]: entry for entry in ready.json()["runtimes"]}
-    assert set(states) == {"stopped", "slow", "nodns"}
+    assert set(states) == {"stopped", "slow", "nodns", "wrong"}
     assert "does not resolve" in states["nodns"]["error"]
     assert httpx.get(f"{failing.url}/health").status_code == 200
 
@@ -144,10 +178,3 @@ def test_a_full_queue_answers_busy_with_retry_after(failing: ServerProcess) -> N
     assert busy.status_code == 429
     assert int(busy.headers["retry-after"]) > 0
     assert "busy" in busy.json()["error"]["message"]
-
-
-def test_unused_port_helper_is_free() -> None:
-    # free_port must hand out a port nothing listens on, or the stopped-runtime case lies.
-    port = free_port()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
