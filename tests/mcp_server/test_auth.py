@@ -1,8 +1,10 @@
-"""The optional bearer token guards REST and MCP; health, readiness and metrics stay open."""
+"""A server with the optional settings on: the bearer token guards REST and MCP (health,
+readiness and metrics stay open), ALLOWED_HOSTS, and a small inline image budget."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
 
 import httpx
@@ -12,9 +14,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.mcp_server.conftest import start_mcp_server
+from tests.mcp_server.helpers import SMALL, image_size
 from tests.support import ServerProcess
 
 TOKEN = "s3cret-token-for-tests"
+PREVIEW_BUDGET = 1500
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +30,25 @@ def guarded(
         DIFFUSERS_RUNTIME_URL=runtime.url,
         MCP_AUTH_TOKEN=TOKEN,
         ALLOWED_HOSTS="mcp.example.test",
+        INLINE_IMAGE_MAX_BYTES=str(PREVIEW_BUDGET),
     ) as server:
         yield server
 
 
-def _list_tools(url: str, token: str | None) -> list[str]:
-    async def scenario() -> list[str]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with (
-            httpx2.AsyncClient(headers=headers) as http,
-            Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-        ):
-            return [tool.name for tool in (await client.list_tools()).tools]
+async def _with_client(url: str, token: str | None, action):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        return await action(client)
 
-    return asyncio.run(scenario())
+
+def _list_tools(url: str, token: str | None) -> list[str]:
+    async def names(client: Client) -> list[str]:
+        return [tool.name for tool in (await client.list_tools()).tools]
+
+    return asyncio.run(_with_client(url, token, names))
 
 
 def test_rest_needs_the_token(guarded: ServerProcess) -> None:
@@ -90,3 +99,24 @@ def test_mcp_refuses_unknown_host_headers(guarded: ServerProcess) -> None:
 
     assert list_tools_as("attacker.example").status_code == 421
     assert list_tools_as("mcp.example.test").status_code == 200
+
+
+def test_an_image_over_the_inline_budget_comes_as_a_preview_plus_a_link(
+    guarded: ServerProcess,
+) -> None:
+    async def generate(client: Client):
+        result = await client.call_tool(
+            "generate_image", {"prompt": "detail", **SMALL, "width": 128, "height": 128}
+        )
+        link = next(b for b in result.content if b.type == "resource_link")
+        return result, link, await client.read_resource(link.uri)
+
+    result, link, full = asyncio.run(_with_client(guarded.url, TOKEN, generate))
+    assert not result.is_error, result.content
+    assert result.structured_content["images"][0]["size_bytes"] > PREVIEW_BUDGET
+    preview = next(b for b in result.content if b.type == "image")
+    assert preview.mime_type == "image/jpeg"
+    assert len(base64.b64decode(preview.data)) <= PREVIEW_BUDGET
+    assert max(image_size(preview.data)) < 128
+    assert link.mime_type == "image/png" and "preview" in link.title
+    assert image_size(full.contents[0].blob) == (128, 128)
