@@ -81,23 +81,27 @@ def _preview(data: bytes, budget: int) -> tuple[bytes, str] | None:
 
 
 async def image_blocks(
-    result: GenerationResult, blobs: list[bytes], budget: int
+    result: GenerationResult, blobs: list[bytes | None], budget: int
 ) -> list[ContentBlock]:
+    """Per image: inline (or a preview) when its bytes are at hand, and always the link."""
     blocks: list[ContentBlock] = []
     for ref, data in zip(result.images, blobs, strict=True):
-        inline: tuple[bytes, str] | None = (data, ref.mime_type)
-        if len(data) > budget:
-            inline = await asyncio.to_thread(_preview, data, budget) if budget > 0 else None
+        inline: tuple[bytes, str] | None = None
+        if data is not None and len(data) <= budget:
+            inline = (data, ref.mime_type)
+        elif data is not None and budget > 0:
+            inline = await asyncio.to_thread(_preview, data, budget)
         if inline is not None:
             blocks.append(
                 ImageContent(data=base64.b64encode(inline[0]).decode(), mime_type=inline[1])
             )
+        is_preview = inline is not None and inline[0] is not data
         blocks.append(
             ResourceLink(
                 uri=ref.uri,
                 name=f"image-{ref.id}",
                 title="Full-size generated image"
-                + ("" if inline and inline[0] is data else " (the inline one is a preview)"),
+                + (" (the inline image is a downscaled preview)" if is_preview else ""),
                 mime_type=ref.mime_type,
                 size=ref.size_bytes,
                 description=f"Full image; also at {ref.url}" if ref.url else "Full image",
@@ -347,10 +351,10 @@ def build_mcp(
     async def _job_result(state: JobState) -> CallToolResult:
         blocks: list[ContentBlock] = []
         if state.status == "succeeded" and state.result is not None:
-            blobs = []
+            blobs: list[bytes | None] = []
             for ref in state.result.images:
                 stored = await service.store.get_image(ref.id)
-                blobs.append(stored.data if stored else b"")
+                blobs.append(stored.data if stored else None)
             blocks = await image_blocks(state.result, blobs, inline_budget)
             text = summary(state.result)
         elif state.status in ("queued", "running"):

@@ -49,7 +49,7 @@ class ImageGenerationRequest(BaseModel):
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
     response_format: Literal["url", "b64_json"] = "url"
     model: str | None = None
-    user: str | None = Field(None, description="Accepted for compatibility; only logged.")
+    user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     negative_prompt: str | None = None
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0)
