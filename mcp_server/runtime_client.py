@@ -242,7 +242,13 @@ class RuntimeClient:
             if isinstance(exc, SSEError):
                 raise self._garbage(what, str(exc)) from exc
             raise self._transport_error(exc, what, timeout) from exc
-        raise self._garbage(what, "the progress stream ended without a result")
+        raise RuntimeCallError(
+            f"The diffusers runtime at {self.target.url} closed the progress stream before "
+            "sending a result (it probably restarted or ran out of memory); check its logs "
+            "and pod events, then retry.",
+            kind="stream_ended",
+            status=502,
+        )
 
     def _stream_error(self, data: str, what: str) -> RuntimeCallError:
         try:
