@@ -62,16 +62,19 @@ def test_lists_tools_with_truthful_annotations_and_schemas(mcp_server: ServerPro
     assert tools["cancel_generation"].annotations.destructive_hint is True
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
 def test_generates_an_image_with_one_progress_notification_per_step(
-    mcp_server: ServerProcess,
+    mcp_server: ServerProcess, mode: str
 ) -> None:
+    """`auto` speaks protocol 2026-07-28; `legacy` is the 2025-11-25 handshake most desktop
+    clients still use."""
     progress: list[tuple[float, float | None]] = []
 
     async def on_progress(done: float, total: float | None, _message: str | None) -> None:
         progress.append((done, total))
 
     async def scenario():
-        async with Client(f"{mcp_server.url}/mcp") as client:
+        async with Client(f"{mcp_server.url}/mcp", mode=mode) as client:
             result = await client.call_tool(
                 "generate_image",
                 {"prompt": "a red cube on a table", **SMALL, "width": 96, "seed": 7},
