@@ -30,13 +30,12 @@ from mcp_server.store import MIME_TYPES, InvalidIdError
 
 INSTRUCTIONS = """\
 Generates images with Hugging Face diffusers models served on KServe.
-Use generate_image for a direct call (progress is reported per denoising step) and
-edit_image to change or inpaint an image this server returned. If your
-tool-call timeout is short, use start_generation, then get_generation with wait_seconds until
-the status is succeeded, failed or cancelled. list_models shows the models, their limits and
-defaults. Results carry a small inline image plus a resource_link (and an https URL when served
-over HTTP) to the full image, which expires after a while. Pass the returned seed again to
-reproduce an image."""
+Use generate_image for a direct call (progress is reported per denoising step) and edit_image
+to rework or inpaint an image this server returned. If your tool-call timeout is short, use
+start_generation, then get_generation with wait_seconds until the status is succeeded, failed
+or cancelled. list_models shows the models, their limits and defaults. Results carry a small
+inline image plus a resource_link (and, over HTTP, a URL) to the full image, which expires
+after a while. Pass the returned seed again to reproduce an image."""
 
 Prompt = Annotated[str, Field(min_length=1, description="What the image should show.")]
 Negative = Annotated[str | None, Field(description="What the image should not show.")]
@@ -369,9 +368,6 @@ def build_mcp(
             structured_content=state.model_dump(mode="json"),
         )
 
-    def _job_error(exc: Exception) -> ToolError:
-        return ToolError(str(exc))
-
     @mcp.tool(
         annotations=Hints(
             title="Get a generation job",
@@ -393,7 +389,7 @@ def build_mcp(
             try:
                 return await _job_result(await jobs.get(job_id, wait_seconds))
             except (JobNotFoundError, InvalidIdError) as exc:
-                raise _job_error(exc) from None
+                raise ToolError(str(exc)) from None
 
     @mcp.tool(
         annotations=Hints(
@@ -413,7 +409,7 @@ def build_mcp(
             try:
                 return await jobs.cancel(job_id)
             except (JobNotFoundError, InvalidIdError) as exc:
-                raise _job_error(exc) from None
+                raise ToolError(str(exc)) from None
 
     for extension, mime_type in MIME_TYPES.items():
         _register_image_resource(mcp, service, extension, mime_type)
