@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= .cache
 TINY_MODEL ?= $(CACHE)/tiny-sd
+# Any diffusers folder (or hub id, with the hub reachable) runs through the same path.
+MODEL_ID ?= $(abspath $(TINY_MODEL))
 RUNTIME_PORT ?= 8080
 MCP_PORT ?= 8000
 TORCH_VERSION := 2.13.0
@@ -48,12 +50,12 @@ format: install ## Ruff autofix and format
 	$(VENV)/bin/ruff format .
 
 .PHONY: run-runtime
-run-runtime: install tiny-model ## Run only the diffusers runtime on the tiny model (127.0.0.1:$(RUNTIME_PORT))
-	MODEL_ID=$(abspath $(TINY_MODEL)) $(PY) -m diffusers_runtime --http_port $(RUNTIME_PORT) --enable_grpc false
+run-runtime: install tiny-model ## Run only the diffusers runtime (MODEL_ID, default the tiny model) on :$(RUNTIME_PORT)
+	MODEL_ID=$(MODEL_ID) $(PY) -m diffusers_runtime --http_port $(RUNTIME_PORT) --enable_grpc false
 
 .PHONY: run
-run: install tiny-model ## Run the local stack (runtime + MCP server) on the tiny model; Ctrl-C stops it
-	MODEL_ID=$(abspath $(TINY_MODEL)) RUNTIME_PORT=$(RUNTIME_PORT) MCP_PORT=$(MCP_PORT) \
+run: install tiny-model ## Run the local stack (runtime + MCP server; MODEL_ID, default the tiny model); Ctrl-C stops it
+	MODEL_ID=$(MODEL_ID) RUNTIME_PORT=$(RUNTIME_PORT) MCP_PORT=$(MCP_PORT) \
 		$(PY) -m scripts.local_stack
 
 .PHONY: bench
