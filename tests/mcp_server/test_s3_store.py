@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 
 from tests.mcp_server.conftest import start_mcp_server
-from tests.mcp_server.helpers import SMALL, image_size
+from tests.mcp_server.helpers import LONG, SMALL, image_size
 from tests.support import ServerProcess, free_port, run_server
 
 BUCKET = "diffusers-images"
@@ -58,6 +58,8 @@ def replicas(
         "S3_BUCKET": BUCKET,
         "S3_ENDPOINT_URL": s3,
         "S3_PREFIX": "test/",
+        # A fast heartbeat, so a cancel left by one replica reaches the owner quickly.
+        "JOB_STALE_SECONDS": "2",
     }
     log_dir = tmp_path_factory.mktemp("s3-replicas")
     with (
@@ -120,3 +122,25 @@ def test_images_expire_after_the_ttl(replicas: tuple[ServerProcess, ServerProces
     time.sleep(2.5)
     expired = httpx.get(url, timeout=10)
     assert expired.status_code == 404 and "expired" in expired.json()["error"]["message"]
+
+
+def test_a_job_is_cancelled_from_another_replica(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    first, second = replicas
+
+    async def scenario():
+        async with Client(f"{first.url}/mcp") as owner:
+            started = await owner.call_tool("start_generation", {"prompt": "stop me", **LONG})
+            job_id = started.structured_content["job_id"]
+            while (await owner.call_tool("get_generation", {"job_id": job_id})).structured_content[
+                "step"
+            ] < 2:
+                await asyncio.sleep(0.1)
+        async with Client(f"{second.url}/mcp") as other:
+            await other.call_tool("cancel_generation", {"job_id": job_id})
+            return await other.call_tool("get_generation", {"job_id": job_id, "wait_seconds": 10})
+
+    state = asyncio.run(scenario()).structured_content
+    assert state["status"] == "cancelled", state
+    assert state["step"] < 100
