@@ -5,11 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
+from types import FrameType
 
 from mcp_server import logs
 from mcp_server.settings import Settings, load_settings_or_exit
 
 log = logging.getLogger("mcp_server")
+
+# In-flight generations get this long to finish after SIGTERM: below the pod's
+# terminationGracePeriodSeconds (60) so the kubelet never has to SIGKILL us mid-answer.
+SHUTDOWN_GRACE_SECONDS = 50
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    # uvicorn drains, then re-raises SIGTERM with the handler it found: with the default one
+    # the process would die by the signal (exit code 143) after a clean shutdown.
+    raise SystemExit(0)
 
 
 async def serve_stdio(settings: Settings) -> None:
@@ -44,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from mcp_server.app import create_app
 
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -51,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         # The app logs every request itself, with its request id.
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         proxy_headers=True,
         forwarded_allow_ips="*",
     )

@@ -20,6 +20,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_server import metrics
+from mcp_server.discovery import Discovery, DiscoveryConfigError
 from mcp_server.jobs import JobManager
 from mcp_server.logs import new_request_id, request_id_var
 from mcp_server.mcp_app import build_mcp
@@ -42,8 +43,20 @@ class Components:
     service: ImageService
     jobs: JobManager
     mcp: MCPServer
+    discovery: Discovery | None = None
+
+    async def start(self) -> None:
+        """Check the image store, then start discovery (which lists once before serving)."""
+        await self.service.store.check()
+        if self.discovery is not None:
+            try:
+                await self.discovery.start()
+            except DiscoveryConfigError as exc:
+                raise RuntimeError(str(exc)) from None
 
     async def aclose(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self.jobs.shutdown()
         await self.http.aclose()
 
@@ -51,12 +64,19 @@ class Components:
 def build_components(settings: Settings) -> Components:
     store = make_store(settings)
     # One pool for every runtime; limits leave room for the generation slots and probes.
+    # Discovered runtimes come and go, so their number is unknown: no pool limit then (each
+    # runtime's Limiter still bounds its generations).
     limit = settings.max_concurrent_per_runtime * len(settings.runtimes) + 10
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit))
-    service = ImageService(settings, store, http)
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=None if settings.discovery_enabled else limit)
+    )
+    discovery = None
+    if settings.discovery_enabled:
+        discovery = Discovery(settings, reserved=[t.name for t in settings.runtimes])
+    service = ImageService(settings, store, http, discovery)
     jobs = JobManager(service, store, settings.job_stale_seconds)
     mcp = build_mcp(service, jobs, settings.inline_image_max_bytes, settings.public_url)
-    return Components(settings, http, service, jobs, mcp)
+    return Components(settings, http, service, jobs, mcp, discovery)
 
 
 def _route_label(scope: Scope) -> str:
@@ -152,14 +172,17 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
-            await components.service.store.check()
+            await components.start()
         except RuntimeError as exc:
             log.error("%s", exc)
             raise
         async with components.mcp.session_manager.run():
             log.info(
-                "serving MCP at /mcp and REST; runtimes: %s",
-                ", ".join(f"{t.name}={t.url}" for t in settings.runtimes),
+                "serving MCP at /mcp and REST; runtimes: %s%s",
+                ", ".join(f"{t.name}={t.url}" for t in settings.runtimes) or "none configured",
+                f"; discovery in {','.join(settings.discovery_namespaces)}"
+                if settings.discovery_enabled
+                else "",
             )
             yield
         await components.aclose()

@@ -56,7 +56,14 @@ Model = Annotated[str | None, Field(description="Model name from list_models; de
 
 class ModelList(BaseModel):
     models: list[dict[str, Any]] = Field(
-        description="Each model: name, default, ready, runtime_url, capabilities or error."
+        description="Each model: name, default, ready, runtime_url, capabilities or error; "
+        "source (static or discovery) and, for discovered ones, the InferenceService and "
+        "whether its listing is stale."
+    )
+    discovery: dict[str, Any] | None = Field(
+        None,
+        description="Model discovery: namespaces, when each was last listed, stale since "
+        "when and why; null when discovery is off.",
     )
 
 
@@ -299,7 +306,7 @@ def build_mcp(
         """Every configured model: its name (pass it as `model`), whether it is ready, its
         limits (max pixels, steps, images per request), defaults and schedulers."""
         with _observe("list_models"):
-            return ModelList(models=await service.models())
+            return ModelList(models=await service.models(), discovery=service.discovery_status())
 
     @mcp.tool(
         annotations=Hints(
@@ -422,7 +429,9 @@ def build_mcp(
         mime_type="application/json",
     )
     async def models_resource() -> str:
-        return json.dumps({"models": await service.models()}, indent=2)
+        return json.dumps(
+            {"models": await service.models(), "discovery": service.discovery_status()}, indent=2
+        )
 
     @mcp.resource(
         "diffusers://status",
@@ -435,7 +444,10 @@ def build_mcp(
         ready, runtimes = await service.ready()
         for entry in runtimes:
             entry["waiting"] = service.limiters[entry["model"]].waiting
-        return json.dumps({"ready": ready, "runtimes": runtimes}, indent=2)
+        return json.dumps(
+            {"ready": ready, "runtimes": runtimes, "discovery": service.discovery_status()},
+            indent=2,
+        )
 
     _register_prompts(mcp)
     return mcp

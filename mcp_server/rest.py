@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server.logs import request_id_var
-from mcp_server.service import GenerationRequest, ImageService, OutputFormat, ServiceError
+from mcp_server.service import (
+    GenerationRequest,
+    ImageRef,
+    ImageService,
+    OutputFormat,
+    ServiceError,
+    Timings,
+)
 from mcp_server.store import InvalidIdError
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -85,6 +92,51 @@ class ImageGenerationRequest(BaseModel):
         )
 
 
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    """OpenAI's answer shape, plus what a caller needs to reproduce or fetch the images."""
+
+    created: int
+    data: list[ImageData]
+    output_format: OutputFormat
+    size: str
+    model: str
+    seed: int | None
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    images: list[ImageRef]
+    timings: Timings
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid request; the message names the field"),
+        (401, "Missing or wrong bearer token (when MCP_AUTH_TOKEN is set)"),
+        (429, "Busy: every generation slot and queue place is taken; see Retry-After"),
+        (502, "The runtime is unreachable, failed or answered garbage"),
+        (503, "The runtime's model is not ready or out of device memory"),
+        (504, "The runtime did not answer within the timeout"),
+    )
+}
+
+
 def validation_problem(exc: ValidationError | Any) -> tuple[str, str | None]:
     """One message naming every bad field, and the first field for OpenAI's `param`."""
     errors = exc.errors()
@@ -105,7 +157,14 @@ def public_base(request: Request, public_url: str | None) -> str:
 def build_router(service: ImageService, public_url: str | None) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/images/generations", tags=["images"], summary="Generate images (OpenAI)")
+    @router.post(
+        "/v1/images/generations",
+        tags=["images"],
+        summary="Generate images (OpenAI Images API)",
+        response_model=ImagesResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+    )
     async def generate(body: ImageGenerationRequest, request: Request) -> Any:
         try:
             generation = body.to_generation()
@@ -125,27 +184,22 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             )
         except ServiceError as exc:
             return service_error_response(exc)
-        data = []
-        for ref, blob in zip(result.images, blobs, strict=True):
-            item: dict[str, Any] = {"revised_prompt": None}
-            if body.response_format == "b64_json":
-                item["b64_json"] = base64.b64encode(blob).decode()
-            else:
-                item["url"] = ref.url
-            data.append(item)
-        return {
-            "created": int(time.time()),
-            "data": data,
-            "output_format": (body.output_format or "png"),
-            "size": f"{result.width}x{result.height}",
-            # Extra fields beyond OpenAI's: what a caller needs to reproduce the images.
-            "model": result.model,
-            "seed": result.seed,
-            "num_inference_steps": result.num_inference_steps,
-            "guidance_scale": result.guidance_scale,
-            "images": [ref.model_dump() for ref in result.images],
-            "timings": result.timings.model_dump(exclude_none=True),
-        }
+        if body.response_format == "b64_json":
+            data = [ImageData(b64_json=base64.b64encode(blob).decode()) for blob in blobs]
+        else:
+            data = [ImageData(url=ref.url) for ref in result.images]
+        return ImagesResponse(
+            created=int(time.time()),
+            data=data,
+            output_format=body.output_format or "png",
+            size=f"{result.width}x{result.height}",
+            model=result.model,
+            seed=result.seed,
+            num_inference_steps=result.num_inference_steps,
+            guidance_scale=result.guidance_scale,
+            images=result.images,
+            timings=result.timings,
+        )
 
     @router.get("/v1/models", tags=["models"], summary="List models (OpenAI shape)")
     async def models() -> dict[str, Any]:

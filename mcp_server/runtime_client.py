@@ -105,6 +105,15 @@ class RuntimeClient:
                 kind="dns",
                 status=502,
             )
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            # Connected, then the peer vanished mid-answer: the runtime died or restarted.
+            return RuntimeCallError(
+                f"The diffusers runtime at {url} became unavailable while {what}: it dropped "
+                "the connection before answering (it probably restarted, was killed or ran out "
+                f"of memory); check its logs and pod events, then retry. ({exc or type(exc)})",
+                kind="unavailable",
+                status=503,
+            )
         if isinstance(exc, httpx.ConnectError):
             return RuntimeCallError(
                 f"The diffusers runtime at {url} refused the connection while {what}; "

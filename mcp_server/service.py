@@ -16,6 +16,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import metrics
+from mcp_server.discovery import DiscoveredModel, Discovery
 from mcp_server.runtime_client import ProgressCallback, RuntimeCallError, RuntimeClient
 from mcp_server.settings import RuntimeTarget, Settings
 from mcp_server.store import MIME_TYPES, Store
@@ -148,11 +149,22 @@ def image_uri(image_id: str, mime_type: str) -> str:
 
 
 class ImageService:
-    def __init__(self, settings: Settings, store: Store, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        http: httpx.AsyncClient,
+        discovery: Discovery | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.http = http
+        self.discovery = discovery
         self.targets: dict[str, RuntimeTarget] = {t.name: t for t in settings.runtimes}
-        self.default_model = settings.runtimes[0].name
+        self.static_names = list(self.targets)
+        # Discovered models by name, available or not; their clients are rebuilt on change.
+        self.discovered: dict[str, DiscoveredModel] = {}
+        self._seen_generation = -1
         diagnostics = ""
         if settings.diffusers_runtime_service:
             namespace = settings.diffusers_runtime_namespace or "(this namespace)"
@@ -169,10 +181,49 @@ class ImageService:
             )
             for name, target in self.targets.items()
         }
-        self.limiters = {
-            name: Limiter(name, settings.max_concurrent_per_runtime, settings.max_queue_per_runtime)
-            for name in self.targets
-        }
+        self.limiters = {name: self._limiter(name) for name in self.targets}
+
+    def _limiter(self, name: str) -> Limiter:
+        settings = self.settings
+        return Limiter(name, settings.max_concurrent_per_runtime, settings.max_queue_per_runtime)
+
+    @property
+    def default_model(self) -> str | None:
+        """The first static runtime; else DEFAULT_MODEL_NAME or the first available
+        discovered model (by name); None while discovery has found nothing usable."""
+        if self.static_names:
+            return self.static_names[0]
+        self._refresh()
+        available = sorted(n for n, m in self.discovered.items() if m.available)
+        preferred = self.settings.default_model_name
+        if preferred in self.discovered:
+            return preferred
+        return available[0] if available else None
+
+    def _refresh(self) -> None:
+        """Follow discovery: a client per available discovered model, reused while its URL
+        and model id stay the same. Static models are never touched."""
+        if self.discovery is None or self.discovery.generation == self._seen_generation:
+            return
+        self._seen_generation = self.discovery.generation
+        self.discovered = {m.name: m for m in self.discovery.models}
+        for name in list(self.clients):
+            model = self.discovered.get(name)
+            if name in self.static_names:
+                continue
+            if model is None or not model.available or self.targets[name] != model.target():
+                del self.clients[name], self.targets[name]
+        for name, model in self.discovered.items():
+            self.limiters.setdefault(name, self._limiter(name))
+            if model.available and name not in self.clients:
+                self.targets[name] = model.target()
+                self.clients[name] = RuntimeClient(
+                    self.targets[name],
+                    self.http,
+                    connect_timeout=self.settings.runtime_connect_timeout_seconds,
+                    generation_timeout=self.settings.generation_timeout_seconds,
+                    diagnostics=f"the {model.reference}",
+                )
 
     async def _source(self, reference: str, field: str) -> str:
         """Base64 data of an edit's source image or mask. References to stored images are read
@@ -207,7 +258,27 @@ class ImageService:
         return instance
 
     def client(self, model: str | None) -> RuntimeClient:
+        self._refresh()
         name = model or self.default_model
+        if name is None:
+            raise ServiceError(
+                "No model is available yet: no runtime is configured and discovery has found "
+                f"no Ready InferenceService labelled {self.settings.discovery_label_selector} "
+                "(see list_models for what it found and why each is unavailable).",
+                status=503,
+                kind="unavailable",
+                retry_after=5,
+            )
+        if name not in self.clients and name in self.discovered:
+            found = self.discovered[name]
+            raise ServiceError(
+                f"Model {name!r} is unavailable: {found.message} ({found.reference}). "
+                "Check it with `oc describe inferenceservice`, or pick another model from "
+                "list_models.",
+                status=503,
+                kind="unavailable",
+                retry_after=5,
+            )
         if name not in self.clients:
             raise ServiceError(
                 f"Unknown model {name!r}; available models: {', '.join(self.clients)} "
@@ -235,7 +306,7 @@ class ImageService:
         metrics.IN_FLIGHT.labels(entry).inc()
         try:
             client = self.client(request.model)
-            name = request.model or self.default_model
+            name = client.target.name
             instance = await self._instance(request)
             async with self.limiters[name].slot():
                 waited_ms = (time.monotonic() - started) * 1000
@@ -256,7 +327,7 @@ class ImageService:
         except RuntimeCallError as exc:
             outcome = exc.kind
             if exc.kind != "invalid_request":
-                metrics.RUNTIME_ERRORS.labels(request.model or self.default_model, exc.kind).inc()
+                metrics.RUNTIME_ERRORS.labels(name, exc.kind).inc()
             raise ServiceError(str(exc), status=exc.status, kind=exc.kind) from exc
         except ServiceError as exc:
             outcome = exc.kind
@@ -309,15 +380,34 @@ class ImageService:
         )
         return result, blobs
 
+    def _origin(self, name: str) -> dict[str, Any]:
+        """Where a model comes from: static configuration, or an InferenceService (with
+        whether the list it comes from is stale)."""
+        model = self.discovered.get(name)
+        if self.discovery is None or model is None:
+            return {"source": "static"}
+        return self.discovery.describe(model)
+
+    def _unavailable(self) -> list[DiscoveredModel]:
+        return [m for n, m in self.discovered.items() if n not in self.clients]
+
+    def discovery_status(self) -> dict[str, Any] | None:
+        """What discovery last saw (namespaces, staleness, errors); None when it is off."""
+        return None if self.discovery is None else self.discovery.status()
+
     async def models(self) -> list[dict[str, Any]]:
-        """Every configured model with its readiness and limits, checked concurrently."""
+        """Every model with its readiness and limits, checked concurrently; discovered models
+        that are not usable are listed too, with the reason."""
+        self._refresh()
+        default = self.default_model
 
         async def describe(name: str, client: RuntimeClient) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "name": name,
-                "default": name == self.default_model,
+                "default": name == default,
                 "runtime_url": client.url,
                 "runtime_model_id": client.target.model_id,
+                **self._origin(name),
             }
             try:
                 entry["ready"] = await client.ready()
@@ -327,10 +417,26 @@ class ImageService:
                 entry["error"] = str(exc)
             return entry
 
-        return list(await asyncio.gather(*(describe(n, c) for n, c in self.clients.items())))
+        entries = list(await asyncio.gather(*(describe(n, c) for n, c in self.clients.items())))
+        for model in self._unavailable():
+            entries.append(
+                {
+                    "name": model.name,
+                    "default": False,
+                    "runtime_url": model.url,
+                    "runtime_model_id": model.model_id,
+                    **self._origin(model.name),
+                    "ready": False,
+                    "error": f"unavailable: {model.message}",
+                }
+            )
+        return entries
 
     async def ready(self) -> tuple[bool, list[dict[str, Any]]]:
-        """Ready when every runtime answers that its model is ready."""
+        """Ready when every static runtime answers that its model is ready and at least one
+        model is: one failing discovered InferenceService must not take this server out of
+        its Service for every other model."""
+        self._refresh()
 
         async def check(name: str, client: RuntimeClient) -> dict[str, Any]:
             try:
@@ -339,4 +445,10 @@ class ImageService:
                 return {"model": name, "ready": False, "error": str(exc)}
 
         states = list(await asyncio.gather(*(check(n, c) for n, c in self.clients.items())))
-        return all(s["ready"] for s in states), states
+        states += [
+            {"model": m.name, "ready": False, "error": f"unavailable: {m.message}"}
+            for m in self._unavailable()
+        ]
+        static_ready = all(s["ready"] for s in states if s["model"] in self.static_names)
+        # With no model at all (discovery only, nothing found) this is not ready.
+        return static_ready and any(s["ready"] for s in states), states

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
 LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _check_http_url(value: str) -> str:
@@ -80,17 +82,35 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     wait_timeout_seconds: float = Field(default=300, gt=0)
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    # Model discovery (mcp_server/discovery.py): KServe InferenceServices carrying the label.
+    discovery_enabled: bool = False
+    discovery_namespaces: Annotated[list[str], NoDecode] = ["default"]
+    discovery_label_selector: str = Field(default="diffusers-mcp.io/expose=true", min_length=1)
+    discovery_interval_seconds: float = Field(default=5, gt=0)
+    # The API server for discovery; unset: in-cluster config in a pod, else KUBECONFIG.
+    kubernetes_api_url: str | None = None
+
+    @field_validator("allowed_hosts", "allowed_origins", "discovery_namespaces", mode="before")
     @classmethod
     def _comma_list(cls, value: str | list[str]) -> list[str]:
         return _split_list(value)
+
+    @field_validator("discovery_namespaces")
+    @classmethod
+    def _namespaces(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one namespace, e.g. default")
+        bad = [name for name in value if not NAMESPACE.match(name)]
+        if bad:
+            raise ValueError(f"not Kubernetes namespace names: {bad}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("diffusers_runtime_url", "public_url", "s3_endpoint_url")
+    @field_validator("diffusers_runtime_url", "public_url", "s3_endpoint_url", "kubernetes_api_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value)
@@ -109,7 +129,11 @@ class Settings(BaseSettings):
 
     @property
     def runtimes(self) -> list[RuntimeTarget]:
-        """The configured runtimes, the first one being the default model."""
+        """The configured runtimes, the first one being the default model. With discovery on,
+        the local default URL is not added unless DIFFUSERS_RUNTIME_URL is set explicitly."""
+        static = {"diffusers_runtimes", "diffusers_runtime_url"} & self.model_fields_set
+        if self.discovery_enabled and not static:
+            return []
         if self.diffusers_runtimes:
             return list(self.diffusers_runtimes)
         return [
