@@ -1,0 +1,119 @@
+"""A fake Kubernetes API (kmock's emulator, a real HTTP server on a free loopback port) holding
+InferenceServices, for the discovery tests. The real `kubernetes` client talks to it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import kmock
+import pytest_asyncio
+
+from mcp_server.discovery import GROUP, PLURAL, VERSION
+
+ISVC = kmock.resource(GROUP, VERSION, PLURAL)
+LABEL = {"diffusers-mcp.io/expose": "true"}
+
+
+def _selected(labels: dict[str, str], selector: str) -> bool:
+    """Equality-based label selectors (`a=b,c=d`), what the server sends."""
+    wanted = dict(part.split("=", 1) for part in selector.split(",") if part)
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+@dataclass
+class FakeCluster:
+    """The emulator plus what the API server does that the emulator does not: label-selector
+    filtering on lists, and RBAC refusals for chosen namespaces."""
+
+    api: kmock.KubernetesEmulator
+    serving: contextlib.AsyncExitStack
+    url: str = ""
+    forbidden: set[str] = field(default_factory=set)
+
+    async def stop_serving(self) -> None:
+        """The API server goes away: its port refuses connections from now on."""
+        await self.serving.aclose()
+
+    def list_requests(self) -> list[Any]:
+        return [r for r in self.api if r.resource == ISVC and r.action == kmock.action.LIST]
+
+    def _list(self, request: kmock.Request) -> dict[str, Any]:
+        if request.namespace in self.forbidden:
+            raise kmock.KubernetesError(
+                status=403,
+                reason="Forbidden",
+                message=f'{PLURAL}.{GROUP} is forbidden: User "system:serviceaccount:'
+                f'mcp-server-dev:mcp-server" cannot list resource "{PLURAL}" in API group '
+                f'"{GROUP}" in the namespace "{request.namespace}"',
+            )
+        selector = request.params.get("labelSelector", "")
+        items = [
+            obj.raw
+            for (resource, namespace, _), obj in self.api.objects.items()
+            if resource == ISVC and namespace == request.namespace and not obj.deleted
+            if _selected(obj.raw["metadata"].get("labels") or {}, selector)
+        ]
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "InferenceServiceList",
+            "metadata": {"resourceVersion": "1"},
+            "items": items,
+        }
+
+    def put(
+        self,
+        name: str,
+        *,
+        url: str | None,
+        namespace: str = "default",
+        ready: bool = True,
+        message: str = "",
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
+        """Create or replace an InferenceService with the status KServe would write."""
+        status: dict[str, Any] = {"conditions": [_ready(ready, message)]}
+        if url is not None:
+            status["address"] = {"url": url}
+        self.api.objects[ISVC, namespace, name] = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "InferenceService",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": LABEL if labels is None else labels,
+                "annotations": annotations or {},
+            },
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "diffusers"}}}},
+            "status": status,
+        }
+
+    def set_ready(self, name: str, ready: bool, message: str = "", namespace: str = "default"):
+        obj = self.api.objects[ISVC, namespace, name]
+        status = {**obj.raw["status"], "conditions": [_ready(ready, message)]}
+        obj.patch({"status": status})
+
+    def delete(self, name: str, namespace: str = "default") -> None:
+        self.api.objects[ISVC, namespace, name].delete()
+
+
+def _ready(ready: bool, message: str) -> dict[str, str]:
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    if message:
+        condition |= {"reason": "PredictorNotReady", "message": message}
+    return condition
+
+
+@pytest_asyncio.fixture
+async def cluster() -> AsyncIterator[FakeCluster]:
+    """The fake API server, running in the test's event loop: tests must await, not block,
+    while something talks to it. `stop_serving()` makes it unreachable."""
+    async with kmock.KubernetesEmulator() as api, contextlib.AsyncExitStack() as serving:
+        fake = FakeCluster(api, serving)
+        api["list", ISVC] << fake._list
+        server = await serving.enter_async_context(kmock.Server(api))
+        fake.url = str(server.url).rstrip("/")
+        yield fake
