@@ -20,7 +20,7 @@ from mcp_server.service import (
     ServiceError,
     Timings,
 )
-from mcp_server.store import InvalidIdError
+from mcp_server.store import ID_PATTERN, InvalidIdError
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -209,15 +209,22 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
                 {"id": m["name"], "object": "model", "created": 0, "owned_by": "diffusers", **m}
                 for m in await service.models()
             ],
+            "discovery": service.discovery_status(),
         }
 
     @router.get(
         "/v1/images/{image_id}",
         tags=["images"],
         summary="Download a stored image",
-        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+        responses={
+            200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+            400: ERRORS[400],
+            404: {"model": ErrorResponse, "description": "Unknown or expired image"},
+        },
     )
-    async def image(image_id: Annotated[str, Path(max_length=200)]) -> Response:
+    async def image(
+        image_id: Annotated[str, Path(pattern=ID_PATTERN.pattern, description="From a result.")],
+    ) -> Response:
         try:
             stored = await service.store.get_image(image_id)
         except InvalidIdError as exc:
@@ -242,6 +249,9 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
     @router.get("/ready", tags=["health"], summary="Readiness: every runtime's model is ready")
     async def ready() -> JSONResponse:
         ok, runtimes = await service.ready()
-        return JSONResponse({"ready": ok, "runtimes": runtimes}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"ready": ok, "runtimes": runtimes, "discovery": service.discovery_status()},
+            status_code=200 if ok else 503,
+        )
 
     return router
