@@ -29,7 +29,8 @@ async def serve_stdio(settings: Settings) -> None:
 
     components = build_components(settings)
     try:
-        await components.service.store.check()
+        # The store check, then discovery's first list, as the HTTP app's lifespan does.
+        await components.start()
         await components.mcp.run_stdio_async()
     finally:
         await components.aclose()
