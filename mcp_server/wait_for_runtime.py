@@ -83,6 +83,11 @@ def _advice(probe: Probe, settings: Settings) -> str:
 
 def wait(settings: Settings, *, interval: float = 1.0) -> bool:
     probes = [Probe(target) for target in settings.runtimes]
+    if not probes:
+        # Discovery only: the server follows the InferenceServices itself and /ready says
+        # when one is usable; holding the pod here would only delay that.
+        print("no static runtime configured (model discovery only): nothing to wait for")
+        return True
     deadline = time.monotonic() + settings.wait_timeout_seconds
     poll_timeout = settings.runtime_connect_timeout_seconds
     print(
