@@ -16,7 +16,6 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
-from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_server import metrics
@@ -202,11 +201,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(build_router(components.service, settings.public_url))
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    # After the REST routes: the mounted app would otherwise shadow them.
-    app.router.routes.append(Mount("/", app=mcp_http))
+    # The SDK app's own route (/mcp) after the REST routes, rather than mounting its app at
+    # "/": a catch-all mount would answer every unknown path and method in place of FastAPI.
+    app.router.routes.extend(mcp_http.routes)
     app.add_middleware(RequestMiddleware, token=settings.mcp_auth_token)
     return app

@@ -223,7 +223,11 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
         },
     )
     async def image(
-        image_id: Annotated[str, Path(pattern=ID_PATTERN.pattern, description="From a result.")],
+        # Documented, but checked by the store, whose message says what a valid id looks like.
+        image_id: Annotated[
+            str,
+            Path(json_schema_extra={"pattern": ID_PATTERN.pattern}, description="From a result."),
+        ],
     ) -> Response:
         try:
             stored = await service.store.get_image(image_id)
