@@ -132,6 +132,9 @@ class RuntimeClient:
         message = _error_message(body)
         url = self.target.url
         if status == 400:
+            # This server sends one instance per call: its index only distracts the caller,
+            # who named the fields without it.
+            message = message.replace("instances[0].", "")
             return InvalidRequestError(message or "the runtime rejected the request (HTTP 400)")
         if status == 404:
             return RuntimeCallError(
