@@ -8,6 +8,10 @@ connectivity  DNS and runtime reachability as the MCP server sees them, then the
 integration   A real MCP `tools/call generate_image` (with progress) and a REST
               `POST /v1/images/generations`, through the Route (or the local server): both must
               return a decodable image of the requested size.
+models        What the server serves, through its own MCP `list_models`: each model, where it
+              comes from (static configuration or a discovered InferenceService), readiness
+              and why not, and discovery's state per namespace. Piped into the MCP pod by
+              `make check-services` (the pod has the mcp SDK and its own MCP_AUTH_TOKEN).
 """
 
 from __future__ import annotations
@@ -190,6 +194,62 @@ def integration(args: argparse.Namespace) -> int:
     return report.exit_code()
 
 
+async def _list_models(base: str, headers: dict[str, str], timeout: float) -> dict:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
+    ):
+        result = await client.call_tool("list_models", {})
+    if result.is_error:
+        texts = " ".join(block.text for block in result.content if block.type == "text")
+        raise RuntimeError(f"list_models returned an error: {texts}")
+    return result.structured_content or {}
+
+
+def models(args: argparse.Namespace) -> int:
+    base = args.mcp_url.rstrip("/")
+    token = os.environ.get("MCP_AUTH_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        listing = asyncio.run(_list_models(base, headers, args.timeout))
+    except Exception as exc:
+        print(f"FAIL  MCP list_models at {base}/mcp: {type(exc).__name__}: {exc}")
+        return 1
+    print(f"models served by {base} (MCP list_models):")
+    rows = [("MODEL", "SOURCE", "READY", "RUNTIME URL", "NOTE")]
+    for model in listing.get("models", []):
+        source = model.get("source", "static")
+        if model.get("inference_service"):
+            source = f"isvc {model['inference_service']}"
+        note = model.get("error") or ""
+        if model.get("stale"):
+            note = f"stale since {model['stale_since']}: {model['discovery_error']} {note}"
+        ready = str(model.get("ready")) + (" (default)" if model.get("default") else "")
+        rows.append((model["name"], source, ready, str(model.get("runtime_url")), note.strip()))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  " + "  ".join([*cells, row[4]]).rstrip())
+    discovery = listing.get("discovery")
+    if discovery is None:
+        print("discovery: off (DISCOVERY_ENABLED is not true)")
+        return 0
+    print(f"discovery: label {discovery['label_selector']} via {discovery['api']}")
+    for namespace, state in discovery["namespaces"].items():
+        line = f"  namespace {namespace}: last listed {state['synced_at'] or 'never'}"
+        if state["error"]:
+            stale = f"stale since {state['stale_since']}; " if state["stale"] else ""
+            line += f"; {stale}error: {state['error']}"
+        print(line)
+    for ignored in discovery.get("ignored", []):
+        print(f"  ignored {ignored}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     # Below the Route's 330 s HAProxy timeout: a slow generation reports the server's error.
     integ.add_argument("--timeout", type=float, default=320)
     integ.set_defaults(run=integration)
+
+    listing = commands.add_parser("models", help="the models the server serves (list_models)")
+    listing.add_argument("--mcp-url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
+    listing.add_argument("--timeout", type=float, default=30)
+    listing.set_defaults(run=models)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -182,7 +182,11 @@ class Discovery:
                     config.load_incluster_config(client_configuration=configuration)
                     self._where = "the in-cluster API server (ServiceAccount token)"
                 else:
-                    config.load_kube_config(client_configuration=configuration)
+                    # Read KUBECONFIG now: the library reads it once, at its import.
+                    config.load_kube_config(
+                        config_file=os.environ.get("KUBECONFIG"),
+                        client_configuration=configuration,
+                    )
                     self._where = f"{configuration.host} (from KUBECONFIG)"
             except config.ConfigException as exc:
                 raise DiscoveryConfigError(

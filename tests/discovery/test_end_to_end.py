@@ -1,0 +1,124 @@
+"""A real MCP server process with discovery on, configured through a standard kubeconfig that
+points at the fake API server, whose InferenceService status URL is the real tiny runtime:
+an MCP client lists the discovered models and generates on one by its InferenceService
+name; `deploy.checks models` (what `make check-services` runs in the pod) shows them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from mcp import Client
+
+from tests.discovery.conftest import FakeCluster
+from tests.mcp_server.conftest import start_mcp_server
+from tests.mcp_server.helpers import image_size
+from tests.support import REPO
+
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
+BROKEN = "Revision broken-predictor-00001 failed: container kserve-container OOMKilled"
+
+
+def write_kubeconfig(cluster: FakeCluster, path) -> str:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
+                "users": [{"name": "reader", "user": {"token": "reader-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "reader"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return str(path)
+
+
+def text_of(result) -> str:
+    return " ".join(block.text for block in result.content if block.type == "text")
+
+
+async def list_models(client: Client) -> dict[str, dict]:
+    result = await client.call_tool("list_models", {})
+    assert not result.is_error, text_of(result)
+    return {m["name"]: m for m in result.structured_content["models"]}
+
+
+@pytest.mark.asyncio
+async def test_mcp_server_serves_discovered_inference_services(cluster, runtime, tmp_path):
+    cluster.put("painter", url=runtime.url)
+    cluster.put("broken", url="http://broken-predictor.default.svc", ready=False, message=BROKEN)
+    env = {
+        "DISCOVERY_ENABLED": "true",
+        "DISCOVERY_INTERVAL_SECONDS": "0.3",
+        "KUBECONFIG": write_kubeconfig(cluster, tmp_path / "kubeconfig"),
+        # Not in a pod: the kubeconfig, not the in-cluster config, is used.
+        "KUBERNETES_SERVICE_HOST": "",
+        "DIFFUSERS_RUNTIME_URL": "",
+        "DIFFUSERS_RUNTIMES": "",
+    }
+    with contextlib.ExitStack() as stack:
+        # Started from a thread: the fake API server lives on this event loop and must keep
+        # answering while the server process starts.
+        server = await asyncio.to_thread(stack.enter_context, start_mcp_server(tmp_path, **env))
+        try:
+            async with Client(f"{server.url}/mcp") as client:
+                models = await list_models(client)
+                assert set(models) == {"painter", "broken"}
+                assert models["painter"]["ready"] is True
+                assert models["painter"]["runtime_url"] == runtime.url
+                assert models["broken"]["error"] == f"unavailable: not Ready ({BROKEN})"
+
+                result = await client.call_tool(
+                    "generate_image", {"prompt": "a red hat", "model": "painter", **SMALL}
+                )
+                assert not result.is_error, text_of(result)
+                assert result.structured_content["model"] == "painter"
+                (image,) = [block for block in result.content if block.type == "image"]
+                assert image_size(base64.b64decode(image.data)) == (64, 64)
+
+                refused = await client.call_tool(
+                    "generate_image", {"prompt": "a red hat", "model": "broken", **SMALL}
+                )
+                assert refused.is_error
+                assert f"Model 'broken' is unavailable: not Ready ({BROKEN})" in text_of(refused)
+
+                # A new InferenceService shows up in list_models within seconds.
+                started = time.monotonic()
+                cluster.put("late", url=runtime.url)
+                while "late" not in await list_models(client):
+                    assert time.monotonic() - started < 5, "late never appeared"
+                    await asyncio.sleep(0.1)
+
+            listing = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "deploy.checks", "models", "--mcp-url", server.url,
+                cwd=REPO,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            output = (await listing.communicate())[0].decode()
+            assert listing.returncode == 0, output
+            lines = output.splitlines()
+            painter = next(line for line in lines if line.strip().startswith("painter"))
+            assert "isvc default/painter" in painter and runtime.url in painter
+            broken = next(line for line in lines if line.strip().startswith("broken"))
+            assert f"unavailable: not Ready ({BROKEN})" in broken
+            assert "discovery: label diffusers-mcp.io/expose=true via " in output
+            assert "namespace default: last listed 20" in output
+
+            async with httpx.AsyncClient() as http:
+                ready = (await http.get(f"{server.url}/ready")).json()
+            assert ready["ready"] is True
+            assert ready["discovery"]["namespaces"]["default"]["error"] is None
+        finally:
+            await asyncio.to_thread(stack.close)
+    # The kubeconfig's credentials are what the server sent.
+    tokens = {r.headers.get("Authorization") for r in cluster.list_requests()}
+    assert tokens == {"Bearer reader-token"}
