@@ -86,6 +86,7 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._concurrent = False
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -129,11 +130,13 @@ class Engine:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if self._window > 0 and self._batchable_rows() < self._max_batch:
-                # A short wait lets a burst of concurrent requests share one call.
+            if self._concurrent and self._window > 0 and self._batchable_rows() < self._max_batch:
+                # Under concurrent load, a short wait lets the clients that are about to send
+                # their next request share this call. A lone client never pays the wait.
                 await asyncio.sleep(self._window)
             batch = self._take_batch()
             if batch:
+                self._concurrent = len(batch) > 1 or bool(self._waiting)
                 await self._run(batch)
 
     def _batchable_rows(self) -> int:
