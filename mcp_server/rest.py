@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import logging
 import re
 import time
 from typing import Annotated, Any, Literal
@@ -21,6 +24,8 @@ from mcp_server.service import (
     Timings,
 )
 from mcp_server.store import ID_PATTERN, InvalidIdError
+
+log = logging.getLogger(__name__)
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -150,6 +155,13 @@ def validation_problem(exc: ValidationError | Any) -> tuple[str, str | None]:
     return "Invalid request: " + "; ".join(parts), first
 
 
+async def _disconnected(request: Request) -> None:
+    """Return when the client hangs up. The body is already read, so the next ASGI message
+    can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def public_base(request: Request, public_url: str | None) -> str:
     return public_url or str(request.base_url).rstrip("/")
 
@@ -174,14 +186,29 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             else:
                 message, param = str(exc), "size"
             return error_response(400, message, param=param)
-        base = public_base(request, public_url)
-        try:
-            result, blobs = await service.generate(
+        work = asyncio.ensure_future(
+            service.generate(
                 generation,
                 entry="POST /v1/images/generations",
                 request_id=request_id_var.get(),
-                base_url=base,
+                base_url=public_base(request, public_url),
             )
+        )
+        # Starlette does not cancel an endpoint whose client went away (an SDK timeout, a
+        # Ctrl-C): watch for it, so the runtime stops instead of finishing unwanted images.
+        hangup = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ServiceError):
+                await work
+            log.info("client disconnected; generation cancelled")
+            return Response(status_code=499)
+        try:
+            result, blobs = work.result()
         except ServiceError as exc:
             return service_error_response(exc)
         if body.response_format == "b64_json":

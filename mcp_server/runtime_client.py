@@ -191,28 +191,6 @@ class RuntimeClient:
     async def capabilities(self) -> dict[str, Any]:
         return await self._get_json("/capabilities", "reading model capabilities")
 
-    async def predict(self, instance: dict[str, Any], request_id: str | None) -> dict[str, Any]:
-        """One prediction without progress."""
-        what = "generating an image"
-        timeout = self._generation_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                response = await self._http.post(
-                    self._model_url(":predict"),
-                    json={"instances": [instance]},
-                    headers=self._headers(request_id),
-                    timeout=self._timeout(timeout),
-                )
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise self._transport_error(exc, what, timeout) from exc
-        if response.status_code != 200:
-            raise self._status_error(response.status_code, response.content, what)
-        try:
-            predictions = response.json()["predictions"]
-            return _check_prediction(predictions[0])
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise self._garbage(what, f"no usable prediction: {exc}") from exc
-
     async def generate(
         self,
         instance: dict[str, Any],

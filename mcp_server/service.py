@@ -299,8 +299,8 @@ class ImageService:
     ) -> tuple[GenerationResult, list[bytes]]:
         """Generate, store and describe the images; returns the result and the image bytes.
 
-        With `on_progress` the runtime's progress stream is used (one call per step);
-        without, a plain predict call."""
+        Always over the runtime's progress stream, whether or not the caller wants progress:
+        cancelling this coroutine then closes the stream, which stops the runtime."""
         started = time.monotonic()
         outcome = "error"
         metrics.IN_FLIGHT.labels(entry).inc()
@@ -317,10 +317,7 @@ class ImageService:
                     waited_ms,
                     extra={"model": name},
                 )
-                if on_progress is None:
-                    prediction = await client.predict(instance, request_id)
-                else:
-                    prediction = await client.generate(instance, request_id, on_progress)
+                prediction = await client.generate(instance, request_id, on_progress)
             result, images = await self._store(name, request, prediction, waited_ms, base_url)
             outcome = "ok"
             return result, images

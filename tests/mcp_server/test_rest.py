@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import openai
@@ -104,3 +105,19 @@ def test_request_id_reaches_the_runtime(mcp_server: ServerProcess, runtime: Serv
     assert response.headers["x-request-id"] == "trace-4242-abcd"
     assert "trace-4242-abcd" in runtime.log()
     assert "trace-4242-abcd" in mcp_server.log()
+
+
+def test_a_rest_client_that_gives_up_stops_the_runtime(
+    mcp_server: ServerProcess, runtime: ServerProcess
+) -> None:
+    before = metric(runtime.url, "diffusers_cancellations_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{mcp_server.url}/v1/images/generations",
+            json={"prompt": "too slow for me", "size": "256x256", "num_inference_steps": 100},
+            timeout=httpx.Timeout(10, read=1.5),
+        )
+    deadline = time.monotonic() + 10
+    while metric(runtime.url, "diffusers_cancellations_total") <= before:
+        assert time.monotonic() < deadline, mcp_server.log()[-2000:]
+        time.sleep(0.1)
