@@ -130,16 +130,17 @@ def test_only_the_router_and_own_namespace_reach_mcp(edges):
         assert edges[(source, MCP)] == "{protocols:TCP,dst_ports:8080}"
 
 
-def test_mcp_egress_is_dns_runtime_and_image_store_only(env, edges):
+def test_mcp_egress_is_dns_runtime_api_server_and_image_store_only(env, edges):
     destinations = {dst for (src, dst) in edges if src == MCP}
-    expected = {
+    # Addresses outside the pod network: the Kubernetes API server's endpoints on 6443 (model
+    # discovery; they are node or external addresses) and, in production, the S3 image store
+    # over HTTPS.
+    external = {dst for dst in destinations if dst[0].isdigit()}
+    ports = "443,6443" if env == "production" else "6443"
+    assert external
+    assert all(edges[(MCP, dst)] == f"{{protocols:TCP,dst_ports:{ports}}}" for dst in external)
+    assert destinations - external == {
         "default/predictor[Pod]",
         "openshift-dns/dns[Pod]",
         "kube-system/kube-dns-livesim[Pod]",
     }
-    if env == "production":
-        # The S3 image store, outside the cluster, over HTTPS.
-        s3 = {dst for dst in destinations if dst[0].isdigit()}
-        assert s3 and all(edges[(MCP, dst)] == "{protocols:TCP,dst_ports:443}" for dst in s3)
-        expected |= s3
-    assert destinations == expected

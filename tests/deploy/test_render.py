@@ -59,7 +59,7 @@ def test_mcp_overlay_objects(env, mcp_docs):
 
 def test_runtime_overlay_objects(model_docs):
     kinds = sorted(d["kind"] for d in model_docs)
-    assert kinds == ["InferenceService", "NetworkPolicy", "ServingRuntime"]
+    assert kinds == ["InferenceService", "NetworkPolicy", "Role", "RoleBinding", "ServingRuntime"]
     assert {d["metadata"]["namespace"] for d in model_docs} == {"default"}
 
 

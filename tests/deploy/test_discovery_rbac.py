@@ -1,0 +1,78 @@
+"""Model discovery in the manifests: least-privilege RBAC for the MCP server's own
+ServiceAccount in the runtime namespace, a mounted token, and a discovery configuration that
+finds the InferenceService of the runtime overlay it is deployed with."""
+
+from __future__ import annotations
+
+from tests.deploy.manifests import (
+    KUSTOMIZE,
+    MCP_ENVS,
+    config,
+    find,
+    mcp_dir,
+    one,
+    render,
+    runtime_dir,
+)
+
+EVERY_TREE = [
+    KUSTOMIZE / "base",
+    KUSTOMIZE / "runtime" / "base",
+    *(mcp_dir(env) for env in MCP_ENVS),
+    *(runtime_dir(model) for model in set(MCP_ENVS.values())),
+]
+
+
+def test_the_role_only_reads_inference_services(model_docs):
+    role = one(model_docs, "Role")
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == ["serving.kserve.io"]
+    assert rule["resources"] == ["inferenceservices"]
+    assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+    assert set(rule) == {"apiGroups", "resources", "verbs"}
+    # Namespaced: the grant covers the runtime namespace only.
+    assert (
+        role["metadata"]["namespace"]
+        == one(model_docs, "InferenceService")["metadata"]["namespace"]
+    )
+
+
+def test_no_cluster_wide_or_other_grants():
+    for tree in EVERY_TREE:
+        docs = render(tree)
+        assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
+        assert len(find(docs, "Role")) <= 1, tree
+
+
+def test_the_binding_names_each_mcp_servers_own_account(env, mcp_docs, runtime_docs):
+    binding = one(runtime_docs, "RoleBinding")
+    role = one(runtime_docs, "Role")
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    account = one(mcp_docs, "ServiceAccount")["metadata"]
+    subject = {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    assert subject in binding["subjects"]
+    # Only MCP server accounts, one per MCP namespace; never a group or a user.
+    assert {s["kind"] for s in binding["subjects"]} == {"ServiceAccount"}
+    assert {s["namespace"] for s in binding["subjects"]} == {f"mcp-server-{e}" for e in MCP_ENVS}
+    spec = one(mcp_docs, "Deployment")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == account["name"]
+    assert spec["automountServiceAccountToken"] is True
+    assert one(mcp_docs, "ServiceAccount").get("automountServiceAccountToken", True) is True
+
+
+def test_discovery_finds_the_runtime_it_is_deployed_with(env, mcp_docs, runtime_docs):
+    settings = config(mcp_docs)
+    assert settings["DISCOVERY_ENABLED"] == "true"
+    isvc = one(runtime_docs, "InferenceService")
+    assert settings["DISCOVERY_NAMESPACES"].split(",") == [isvc["metadata"]["namespace"]]
+    assert one(runtime_docs, "Role")["metadata"]["namespace"] in settings["DISCOVERY_NAMESPACES"]
+    selector = dict(term.split("=", 1) for term in settings["DISCOVERY_LABEL_SELECTOR"].split(","))
+    labels = isvc["metadata"]["labels"]
+    assert all(labels.get(key) == value for key, value in selector.items())
+    # Discovered under the name clients already use for the static runtime.
+    assert isvc["metadata"]["name"] == settings["DEFAULT_MODEL_NAME"]
