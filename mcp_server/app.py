@@ -71,7 +71,7 @@ def build_components(settings: Settings) -> Components:
     )
     discovery = None
     if settings.discovery_enabled:
-        discovery = Discovery(settings, reserved=[t.name for t in settings.runtimes])
+        discovery = Discovery(settings)
     service = ImageService(settings, store, http, discovery)
     jobs = JobManager(service, store, settings.job_stale_seconds)
     mcp = build_mcp(service, jobs, settings.inline_image_max_bytes, settings.public_url)

@@ -147,16 +147,17 @@ def _api_message(body: Any) -> str:
 class Discovery:
     """Lists the labelled InferenceServices every interval and remembers what it saw.
 
-    `reserved` are the static model names: static configuration wins a name clash, so that
-    an InferenceService created by someone else cannot take over a name the operator pinned.
+    Static configuration wins a name clash, so that an InferenceService created by someone
+    else cannot take over a name the operator pinned. An InferenceService with a static
+    model's name, URL and model id is that same runtime: not a clash, nothing to report.
     """
 
-    def __init__(self, settings: Settings, reserved: list[str]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.namespaces = settings.discovery_namespaces
         self.selector = settings.discovery_label_selector
         self.interval = settings.discovery_interval_seconds
         self.api_url = settings.kubernetes_api_url
-        self.reserved = set(reserved)
+        self.static = {t.name: (t.url, t.model_id) for t in settings.runtimes}
         self.states = {namespace: NamespaceState() for namespace in self.namespaces}
         self.deleted: dict[tuple[str, str], DiscoveredModel] = {}
         # Bumped on every change, so the image service rebuilds its clients only then.
@@ -300,8 +301,11 @@ class Discovery:
         shadowed = []
         candidates = [m for ns in self.namespaces for m in self.states[ns].models.values()]
         for model in [*candidates, *self.deleted.values()]:
-            if model.name in self.reserved:
-                if model.deleted_at is None:
+            if model.name in self.static:
+                if model.deleted_at is None and self.static[model.name] != (
+                    model.url,
+                    model.model_id,
+                ):
                     shadowed.append(
                         f"{model.reference}: the static configuration already has a model "
                         f"{model.name!r} and wins"

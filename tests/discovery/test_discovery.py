@@ -46,7 +46,7 @@ async def serving(cluster: FakeCluster, tmp_path: Path, **env) -> AsyncIterator[
         image_store_dir=str(tmp_path / "images"),
         **env,
     )
-    discovery = Discovery(settings, reserved=[t.name for t in settings.runtimes])
+    discovery = Discovery(settings)
     async with httpx.AsyncClient() as http:
         service = ImageService(settings, make_store(settings), http, discovery)
         await discovery.start()
@@ -222,18 +222,23 @@ async def test_rbac_forbidden_names_the_missing_permission(cluster, runtime, tmp
 @pytest.mark.asyncio
 async def test_static_configuration_wins_a_name_clash(cluster, runtime, tmp_path):
     cluster.put("tiny", url="http://127.0.0.1:9", ready=True)
+    # The same runtime as the static one (name, URL, model id): no clash to report.
+    cluster.put("same", url=runtime.url, namespace="team-b")
     cluster.put("painter", url=runtime.url, namespace="team-b")
     cluster.put("painter", url="http://127.0.0.1:9", namespace="team-c")
     async with serving(
         cluster,
         tmp_path,
-        diffusers_runtime_url=runtime.url,
-        default_model_name="tiny",
+        diffusers_runtimes=[
+            {"name": "tiny", "url": runtime.url},
+            {"name": "same", "url": runtime.url},
+        ],
         discovery_namespaces="default,team-b,team-c",
     ) as service:
         models = await service.models()
         assert [(m["name"], m["source"]) for m in models] == [
             ("tiny", "static"),
+            ("same", "static"),
             ("painter", "discovery"),
         ]
         assert entry(models, "tiny")["runtime_url"] == runtime.url
@@ -294,7 +299,7 @@ def test_settings(monkeypatch):
 
 def test_no_api_configuration_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
-    discovery = Discovery(Settings(discovery_enabled=True), reserved=[])
+    discovery = Discovery(Settings(discovery_enabled=True))
     with pytest.raises(DiscoveryConfigError) as caught:
         discovery.connect()
     message = str(caught.value)
