@@ -181,14 +181,19 @@ else
 	$(call run,$(PY) -m deploy.checks integration --kubectl $(KUBECTL) --namespace $(call mcp_namespace,$(ENV_DIR)))
 endif
 
+# The last line asks the server itself, through its list_models, what it serves: the static
+# runtime and what model discovery found (or why it found nothing).
 .PHONY: check-services
-check-services: ## Show the runtime and MCP server objects of ENV, their endpoints and configured URL
+check-services: ## Show the runtime and MCP server objects of ENV, their endpoints, configured URL and discovered models
 	$(need_cluster_env)
 	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get inferenceservice $(RUNTIME_$(ENV_DIR)))
 	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get service$(,)endpoints $(RUNTIME_$(ENV_DIR))-predictor)
 	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get pods -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)))
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get deployment$(,)pods$(,)service$(,)endpoints$(,)route$(,)networkpolicy -l app.kubernetes.io/part-of=diffusers-mcp)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get configmap -l app.kubernetes.io/name=mcp-server -o custom-columns=CONFIGMAP:.metadata.name$(,)DIFFUSERS_RUNTIME_URL:.data.DIFFUSERS_RUNTIME_URL)
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get inferenceservice -l diffusers-mcp.io/expose=true)
+	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get role$(,)rolebinding diffusers-mcp-discovery)
+	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) exec -i deploy/mcp-server -c mcp-server -- python - models < deploy/checks.py)
 
 .PHONY: logs
 logs: ## Recent logs of ENV: readiness gate, MCP server, runtime

@@ -14,6 +14,7 @@ from tests.deploy.manifests import (
     render,
     runtime_dir,
 )
+from tests.deploy.test_tooling import make
 
 EVERY_TREE = [
     KUSTOMIZE / "base",
@@ -76,3 +77,12 @@ def test_discovery_finds_the_runtime_it_is_deployed_with(env, mcp_docs, runtime_
     assert all(labels.get(key) == value for key, value in selector.items())
     # Discovered under the name clients already use for the static runtime.
     assert isvc["metadata"]["name"] == settings["DEFAULT_MODEL_NAME"]
+
+
+def test_check_services_asks_the_server_what_it_serves():
+    assert make("check-services", "ENV=staging")[-3:] == [
+        "oc -n default get inferenceservice -l diffusers-mcp.io/expose=true",
+        "oc -n default get role,rolebinding diffusers-mcp-discovery",
+        "oc -n mcp-server-staging exec -i deploy/mcp-server -c mcp-server"
+        " -- python - models < deploy/checks.py",
+    ]

@@ -1,15 +1,18 @@
 """A real MCP server process with discovery on, configured through a standard kubeconfig that
 points at the fake API server, whose InferenceService status URL is the real tiny runtime:
 an MCP client lists the discovered models and generates on one by its InferenceService
-name; `deploy.checks models` (what `make check-services` runs in the pod) shows them."""
+name; `python - models < deploy/checks.py` (what `make check-services` runs in the pod)
+shows them."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import os
 import sys
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -97,13 +100,17 @@ async def test_mcp_server_serves_discovered_inference_services(cluster, runtime,
                     assert time.monotonic() - started < 5, "late never appeared"
                     await asyncio.sleep(0.1)
 
+            # As `make check-services` runs it in the pod: piped in, the port from PORT.
             listing = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "deploy.checks", "models", "--mcp-url", server.url,
-                cwd=REPO,
+                sys.executable, "-", "models",
+                cwd="/",
+                env={**os.environ, "PORT": str(urlsplit(server.url).port)},
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
-            output = (await listing.communicate())[0].decode()
+            script = (REPO / "deploy" / "checks.py").read_bytes()
+            output = (await listing.communicate(script))[0].decode()
             assert listing.returncode == 0, output
             lines = output.splitlines()
             painter = next(line for line in lines if line.strip().startswith("painter"))
