@@ -38,7 +38,8 @@ def guarded(
 async def _with_client(url: str, token: str | None, action):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
-        httpx2.AsyncClient(headers=headers) as http,
+        # httpx2's default 5 s read timeout is shorter than a generation on a busy machine.
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         return await action(client)
