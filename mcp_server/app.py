@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from mcp_server.store import make_store
 
 log = logging.getLogger(__name__)
 
+UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:/+=-]")
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
@@ -110,8 +112,9 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        request_id = headers.get(b"x-request-id", b"").decode(errors="replace")[:64]
-        request_id = request_id or new_request_id()
+        # The id travels on to logs and the runtime's headers: keep it short and plain.
+        offered = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = UNSAFE_ID_CHARACTERS.sub("", offered)[:64] or new_request_id()
         token = request_id_var.set(request_id)
         started = time.monotonic()
         status = 500

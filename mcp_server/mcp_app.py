@@ -127,9 +127,10 @@ def summary(result: GenerationResult) -> str:
     )
 
 
-def _request_id(ctx: Context) -> str:
-    headers = ctx.headers or {}
-    request_id = headers.get("x-request-id") or new_request_id()
+def _request_id() -> str:
+    """Over HTTP the request middleware has set it (from X-Request-ID or minted); over stdio
+    each tool call gets its own."""
+    request_id = request_id_var.get() or new_request_id()
     request_id_var.set(request_id)
     return request_id
 
@@ -282,7 +283,7 @@ def build_mcp(
             result, blobs = await service.generate(
                 request,
                 entry=entry,
-                request_id=_request_id(ctx),
+                request_id=_request_id(),
                 on_progress=progress,
                 base_url=base_url(ctx),
             )
@@ -348,9 +349,7 @@ def build_mcp(
                 model=model,
             )
             try:
-                return await jobs.start(
-                    request, request_id=_request_id(ctx), base_url=base_url(ctx)
-                )
+                return await jobs.start(request, request_id=_request_id(), base_url=base_url(ctx))
             except ServiceError as exc:
                 raise ToolError(str(exc)) from None
 

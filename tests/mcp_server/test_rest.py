@@ -121,3 +121,14 @@ def test_a_rest_client_that_gives_up_stops_the_runtime(
     while metric(runtime.url, "diffusers_cancellations_total") <= before:
         assert time.monotonic() < deadline, mcp_server.log()[-2000:]
         time.sleep(0.1)
+
+
+def test_an_odd_request_id_is_sanitized_not_fatal(mcp_server: ServerProcess) -> None:
+    response = httpx.post(
+        f"{mcp_server.url}/v1/images/generations",
+        json={"prompt": "x", "size": "64x64", **STEPS},
+        headers={"X-Request-ID": "caf\u00e9 <script> id-7".encode()},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "cafscriptid-7"
