@@ -21,7 +21,8 @@ from types import FrameType
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_SECONDS = 300
+# A real model may first download gigabytes; Ctrl-C ends the wait sooner.
+READY_TIMEOUT_SECONDS = 1800
 
 
 class StackError(Exception):
