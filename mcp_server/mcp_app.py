@@ -26,7 +26,7 @@ from mcp_server.service import (
     OutputFormat,
     ServiceError,
 )
-from mcp_server.store import MIME_TYPES, InvalidIdError
+from mcp_server.store import MIME_TYPES, InvalidIdError, StoreUnavailableError
 
 INSTRUCTIONS = """\
 Generates images with Hugging Face diffusers models served on KServe.
@@ -350,7 +350,7 @@ def build_mcp(
             )
             try:
                 return await jobs.start(request, request_id=_request_id(), base_url=base_url(ctx))
-            except ServiceError as exc:
+            except (ServiceError, StoreUnavailableError) as exc:
                 raise ToolError(str(exc)) from None
 
     async def _job_result(state: JobState) -> CallToolResult:
@@ -394,7 +394,7 @@ def build_mcp(
         with _observe("get_generation"):
             try:
                 return await _job_result(await jobs.get(job_id, wait_seconds))
-            except (JobNotFoundError, InvalidIdError) as exc:
+            except (JobNotFoundError, InvalidIdError, StoreUnavailableError) as exc:
                 raise ToolError(str(exc)) from None
 
     @mcp.tool(
@@ -414,7 +414,7 @@ def build_mcp(
         with _observe("cancel_generation"):
             try:
                 return await jobs.cancel(job_id)
-            except (JobNotFoundError, InvalidIdError) as exc:
+            except (JobNotFoundError, InvalidIdError, StoreUnavailableError) as exc:
                 raise ToolError(str(exc)) from None
 
     for extension, mime_type in MIME_TYPES.items():
@@ -458,7 +458,7 @@ def _register_image_resource(
     async def read_image(image_id: str) -> bytes:
         try:
             stored = await service.store.get_image(image_id)
-        except InvalidIdError as exc:
+        except (InvalidIdError, StoreUnavailableError) as exc:
             raise ResourceError(str(exc)) from None
         if stored is None:
             raise ResourceError(

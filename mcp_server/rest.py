@@ -23,7 +23,7 @@ from mcp_server.service import (
     ServiceError,
     Timings,
 )
-from mcp_server.store import ID_PATTERN, InvalidIdError
+from mcp_server.store import ID_PATTERN, InvalidIdError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,8 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             stored = await service.store.get_image(image_id)
         except InvalidIdError as exc:
             return error_response(400, str(exc), param="image_id")
+        except StoreUnavailableError as exc:
+            return error_response(503, str(exc), kind="store_unavailable")
         if stored is None:
             return error_response(
                 404,

@@ -19,7 +19,7 @@ from mcp_server import metrics
 from mcp_server.discovery import DiscoveredModel, Discovery
 from mcp_server.runtime_client import ProgressCallback, RuntimeCallError, RuntimeClient
 from mcp_server.settings import RuntimeTarget, Settings
-from mcp_server.store import MIME_TYPES, Store
+from mcp_server.store import MIME_TYPES, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,9 @@ class ImageService:
         except ServiceError as exc:
             outcome = exc.kind
             raise
+        except StoreUnavailableError as exc:
+            outcome = "store_unavailable"
+            raise ServiceError(str(exc), status=503, kind="store_unavailable") from exc
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise

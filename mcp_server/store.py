@@ -9,6 +9,7 @@ reclaim the space too).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import secrets
@@ -29,6 +30,10 @@ MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 class InvalidIdError(ValueError):
     """An id that this store could never have issued."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store could not be read or written; the message names the store and the cause."""
 
 
 def new_id() -> str:
@@ -53,32 +58,48 @@ class StoredImage:
 class Store(ABC):
     """Images (immutable, with a TTL) and small JSON documents (job records)."""
 
+    # Says which store failed, e.g. "local directory /tmp/images".
+    description = "image store"
+
     def __init__(self, ttl_seconds: int) -> None:
         self.ttl_seconds = ttl_seconds
 
+    async def _io(self, what: str, function: Any, *args: Any) -> Any:
+        # Without this a full disk or an unreachable bucket surfaced as a bare HTTP 500.
+        try:
+            return await asyncio.to_thread(function, *args)
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"The image store ({self.description}) is unavailable while {what}: "
+                f"{type(exc).__name__}: {exc}. Images stored before are kept; retry later, "
+                "and check the store (disk space and permissions, or the S3 endpoint and "
+                "credentials)."
+            ) from exc
+
     async def put_image(self, data: bytes, mime_type: str) -> str:
         image_id = new_id()
-        await asyncio.to_thread(
-            self._put, f"images/{image_id}", data, mime_type, time.time() + self.ttl_seconds
+        expires_at = time.time() + self.ttl_seconds
+        await self._io(
+            "storing an image", self._put, f"images/{image_id}", data, mime_type, expires_at
         )
         return image_id
 
     async def get_image(self, image_id: str) -> StoredImage | None:
-        found = await asyncio.to_thread(self._get, f"images/{check_id(image_id)}")
+        key = f"images/{check_id(image_id)}"
+        found = await self._io("reading an image", self._get, key)
         return None if found is None else StoredImage(*found)
 
     async def put_json(self, key: str, document: dict[str, Any]) -> None:
         data = json.dumps(document).encode()
-        await asyncio.to_thread(
-            self._put, key, data, "application/json", time.time() + self.ttl_seconds
-        )
+        expires_at = time.time() + self.ttl_seconds
+        await self._io("saving a job", self._put, key, data, "application/json", expires_at)
 
     async def get_json(self, key: str) -> dict[str, Any] | None:
-        found = await asyncio.to_thread(self._get, key)
+        found = await self._io("reading a job", self._get, key)
         return None if found is None else json.loads(found[0])
 
     async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._get, key) is not None
+        return await self._io("reading a job", self._get, key) is not None
 
     async def check(self) -> None:
         """Raise with a clear message when the store cannot be written."""
@@ -102,6 +123,7 @@ class LocalStore(Store):
     def __init__(self, root: Path, ttl_seconds: int) -> None:
         super().__init__(ttl_seconds)
         self.root = root
+        self.description = f"local directory {root}"
         self._last_sweep = 0.0
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -178,6 +200,7 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix
         self._endpoint = endpoint_url or "the AWS default endpoint"
+        self.description = f"S3 bucket {bucket!r} at {self._endpoint}"
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -193,7 +216,7 @@ class S3Store(Store):
             Key=self._key(key),
             Body=data,
             ContentType=mime_type,
-            Metadata={"expires-at": str(expires_at)},
+            Metadata={"expires-at": str(expires_at), "sha256": hashlib.sha256(data).hexdigest()},
         )
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
@@ -205,10 +228,18 @@ class S3Store(Store):
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
-        if float(found["Metadata"].get("expires-at", "inf")) < time.time():
+        metadata = found.get("Metadata") or {}
+        if "expires-at" not in metadata:
+            # Every object written here carries it: a 200 without it came from something
+            # else (a misrouted endpoint, a broken proxy), and its body is not our image.
+            raise ValueError(f"the answer for {key} is not an object this server stored")
+        if float(metadata["expires-at"]) < time.time():
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
             return None
-        return found["Body"].read(), found["ContentType"]
+        data = found["Body"].read()
+        if "sha256" in metadata and hashlib.sha256(data).hexdigest() != metadata["sha256"]:
+            raise ValueError(f"the bytes read for {key} do not match the checksum stored")
+        return data, found["ContentType"]
 
     def _check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
