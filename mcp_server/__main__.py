@@ -54,10 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from mcp_server.app import create_app
-
-    from sse_starlette.sse import AppStatus
 
     # sse-starlette ends every SSE stream the moment SIGTERM arrives: an MCP tool call in
     # flight would lose its result. Its streams are finite here (one per request, stateless),
