@@ -52,6 +52,21 @@ Count = Annotated[int | None, Field(ge=1, description="Number of images (default
 Scheduler = Annotated[str | None, Field(description="Scheduler name (see list_models).")]
 Format = Annotated[OutputFormat | None, Field(description="png (default), jpeg or webp.")]
 Model = Annotated[str | None, Field(description="Model name from list_models; default if unset.")]
+Source = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="The image to edit: an id, image:// URI or URL returned by this server, "
+        "or base64 PNG/JPEG/WebP data.",
+    ),
+]
+Mask = Annotated[
+    str | None,
+    Field(description="Inpainting mask, same forms as image: white areas are repainted."),
+]
+Strength = Annotated[
+    float | None, Field(gt=0, le=1, description="How much to change: 0.3 subtle, 0.8 heavy.")
+]
 
 
 class ModelList(BaseModel):
@@ -224,22 +239,9 @@ def build_mcp(
     async def edit_image(
         ctx: Context,
         prompt: Prompt,
-        image: Annotated[
-            str,
-            Field(
-                min_length=1,
-                description="The image to edit: an id, image:// URI or URL returned by this "
-                "server, or base64 PNG/JPEG/WebP data.",
-            ),
-        ],
-        mask_image: Annotated[
-            str | None,
-            Field(description="Inpainting mask, same forms as image: white areas are repainted."),
-        ] = None,
-        strength: Annotated[
-            float | None,
-            Field(gt=0, le=1, description="How much to change: 0.3 subtle, 0.8 heavy."),
-        ] = None,
+        image: Source,
+        mask_image: Mask = None,
+        strength: Strength = None,
         negative_prompt: Negative = None,
         width: Width = None,
         height: Height = None,
@@ -331,12 +333,21 @@ def build_mcp(
         scheduler: Scheduler = None,
         output_format: Format = None,
         model: Model = None,
+        image: Annotated[
+            str | None, Field(description="Set to edit an image instead (see edit_image).")
+        ] = None,
+        mask_image: Mask = None,
+        strength: Strength = None,
     ) -> JobState:
-        """Start a generation in the background and return its job id at once. Use it when
-        your tool-call timeout is shorter than a generation; then call get_generation."""
+        """Start a generation (or, with `image`, an edit) in the background and return its
+        job id at once. Use it when your tool-call timeout is shorter than a generation; then
+        call get_generation."""
         with _observe("start_generation"):
             request = _request(
                 prompt=prompt,
+                image=image,
+                mask_image=mask_image,
+                strength=strength,
                 negative_prompt=negative_prompt,
                 width=width,
                 height=height,

@@ -310,15 +310,24 @@ def test_edit_image_reworks_and_inpaints_a_stored_image(mcp_server: ServerProces
                     "num_inference_steps": 4,
                 },
             )
+            job = await client.call_tool(
+                "start_generation",
+                {"prompt": "a house at night", "image": image["id"], "strength": 0.5, **SMALL},
+            )
+            edited_by_job = await client.call_tool(
+                "get_generation",
+                {"job_id": job.structured_content["job_id"], "wait_seconds": 60},
+            )
             foreign = await client.call_tool(
                 "edit_image", {"prompt": "x", "image": "https://example.com/cat.png"}
             )
             expired = await client.call_tool(
                 "edit_image", {"prompt": "x", "image": "image://generated/" + "D" * 32 + ".png"}
             )
-            return reworked, inpainted, foreign, expired
+            return reworked, inpainted, edited_by_job, foreign, expired
 
-    reworked, inpainted, foreign, expired = run(scenario())
+    reworked, inpainted, edited_by_job, foreign, expired = run(scenario())
+    assert edited_by_job.structured_content["status"] == "succeeded", edited_by_job.content
     for result in (reworked, inpainted):
         assert not result.is_error, result.content
         inline = next(b for b in result.content if b.type == "image")
