@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +33,10 @@ from mcp_server.store import make_store
 log = logging.getLogger(__name__)
 
 UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:/+=-]")
+# The largest body any route needs: an edit's source image and mask as base64 (the runtime takes
+# up to 10 MiB per image). Without a cap a client could make the server buffer any amount.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
@@ -88,8 +93,38 @@ def _route_label(scope: Scope) -> str:
     return f"{scope.get('method', '')} {path}"
 
 
+class BodyTooLargeError(Exception):
+    pass
+
+
+def _too_large() -> Response:
+    return error_response(
+        413,
+        f"Request body too large: at most {MAX_BODY_BYTES // (1024 * 1024)} MiB. Send smaller "
+        "images (or image ids returned by this server) and prompts.",
+        kind="request_too_large",
+    )
+
+
+def _limited(receive: Receive) -> Receive:
+    """Counts the body as it streams in (chunked requests carry no Content-Length)."""
+    seen = 0
+
+    async def limited_receive() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise BodyTooLargeError
+        return message
+
+    return limited_receive
+
+
 class RequestMiddleware:
-    """Request id (taken from X-Request-ID or minted), bearer auth, access log, metrics."""
+    """Request id (taken from X-Request-ID or minted), bearer auth, body size cap, access log,
+    metrics."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -127,6 +162,7 @@ class RequestMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        declared = headers.get(b"content-length", b"0")
         try:
             if not self._authorized(scope):
                 response = error_response(
@@ -137,8 +173,15 @@ class RequestMiddleware:
                     headers={"WWW-Authenticate": 'Bearer realm="diffusers-mcp"'},
                 )
                 await response(scope, receive, send_with_id)
+            elif declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                await _too_large()(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                try:
+                    await self.app(scope, _limited(receive), send_with_id)
+                except BodyTooLargeError:
+                    if status != 500:  # the response had started: nothing more to say
+                        raise
+                    await _too_large()(scope, receive, send_with_id)
         finally:
             elapsed = time.monotonic() - started
             route = _route_label(scope)
@@ -201,6 +244,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
         message, param = validation_problem(exc)
         return error_response(400, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI's own rejections (a body it cannot parse, an unknown path) in the error shape
+        # every other answer has, so OpenAI clients show the message.
+        if isinstance(exc.__cause__, BodyTooLargeError):
+            return _too_large()
+        message = str(exc.detail)
+        if message == "There was an error parsing the body":
+            message = (
+                "Invalid request: the body could not be parsed as JSON (it must be UTF-8, "
+                "nested at most a few hundred levels, with numbers of sane size)."
+            )
+        return error_response(exc.status_code, message, param="body", headers=exc.headers)
 
     app.include_router(build_router(components.service, settings.public_url))
 
