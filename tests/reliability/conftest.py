@@ -22,3 +22,14 @@ SMALL_RUNTIME = {
 def small_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with start_runtime(tmp_path_factory.mktemp("small-runtime"), **SMALL_RUNTIME) as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The hostile inputs tried, by class: the figures the README's table reports."""
+    from tests.reliability.hostile import TRIED
+
+    if TRIED:
+        terminalreporter.section("hostile inputs tried (all answered without a server error)")
+        for kind, count in sorted(TRIED.items()):
+            terminalreporter.write_line(f"{count:6d}  {kind}")
+        terminalreporter.write_line(f"{sum(TRIED.values()):6d}  in all")
