@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -177,8 +178,19 @@ class McpLayer:
     def __init__(self, url: str):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.stack = contextlib.AsyncExitStack()
-        self.client = self._run(self.stack.enter_async_context(Client(f"{url}/mcp")))
+        opened: concurrent.futures.Future[Client] = concurrent.futures.Future()
+        self._closing = self._run(self._make_event())
+        # The session lives in one task: anyio scopes must be left by the task that entered them.
+        self._session = asyncio.run_coroutine_threadsafe(self._hold(url, opened), self.loop)
+        self.client = opened.result(timeout=60)
+
+    async def _make_event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    async def _hold(self, url: str, opened: concurrent.futures.Future) -> None:
+        async with Client(f"{url}/mcp") as client:
+            opened.set_result(client)
+            await self._closing.wait()
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -190,7 +202,8 @@ class McpLayer:
             raise RuntimeError(f"generate_image failed: {result.content}")
 
     def close(self) -> None:
-        self._run(self.stack.aclose())
+        self.loop.call_soon_threadsafe(self._closing.set)
+        self._session.result(timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 

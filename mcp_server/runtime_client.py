@@ -216,6 +216,7 @@ class RuntimeClient:
                 response = source.response
                 if response.status_code != 200:
                     raise self._status_error(response.status_code, await response.aread(), what)
+                prediction = None
                 async for event in source.aiter_sse():
                     if event.event == "progress":
                         step = _progress(event.data)
@@ -223,11 +224,15 @@ class RuntimeClient:
                             await on_progress(*step)
                     elif event.event == "result":
                         try:
-                            return _check_prediction(json.loads(event.data))
+                            prediction = _check_prediction(json.loads(event.data))
                         except (ValueError, KeyError, TypeError) as exc:
                             raise self._garbage(what, f"unreadable result event: {exc}") from exc
                     elif event.event == "error":
                         raise self._stream_error(event.data, what)
+                # Returning only at the end of the stream (the runtime ends it right after the
+                # result) lets httpx keep the connection for the next request.
+                if prediction is not None:
+                    return prediction
         except (httpx.HTTPError, TimeoutError) as exc:
             if isinstance(exc, SSEError):
                 raise self._garbage(what, str(exc)) from exc
