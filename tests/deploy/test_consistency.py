@@ -78,7 +78,8 @@ def test_runtime_ports_agree(env, mcp_docs, runtime_docs):
     runtime_spec = one(runtime_docs, "ServingRuntime")["spec"]
     assert runtime_spec["annotations"]["prometheus.kserve.io/port"] == str(port)
     assert runtime_spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
-    runtime_ingress = one(runtime_docs, "NetworkPolicy")["spec"]["ingress"]
+    runtime_policy = one(runtime_docs, "NetworkPolicy", "diffusers-runtime-ingress")
+    runtime_ingress = runtime_policy["spec"]["ingress"]
     assert {p["port"] for rule in runtime_ingress for p in rule["ports"]} == {port}
     # NetworkPolicies see the pod's port after the Service translation, not the Service's 80.
     egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
@@ -113,11 +114,12 @@ def test_policies_select_the_pods_they_mean(mcp_docs, runtime_docs):
     for policy in find(mcp_docs, "NetworkPolicy"):
         assert matches(policy["spec"]["podSelector"], mcp_labels), policy["metadata"]["name"]
     predictor = one(runtime_docs, "InferenceService")["spec"]["predictor"]
-    assert matches(one(runtime_docs, "NetworkPolicy")["spec"]["podSelector"], predictor["labels"])
+    runtime_policy = one(runtime_docs, "NetworkPolicy", "diffusers-runtime-ingress")
+    assert matches(runtime_policy["spec"]["podSelector"], predictor["labels"])
     egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
     (runtime_peer,) = [peer for rule in egress for peer in rule["to"] if "podSelector" in peer]
     assert matches(runtime_peer["podSelector"], predictor["labels"])
-    (from_mcp, _monitoring) = one(runtime_docs, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    (from_mcp, _monitoring) = runtime_policy["spec"]["ingress"][0]["from"]
     assert matches(from_mcp["podSelector"], mcp_labels)
     namespace = one(mcp_docs, "Namespace")["metadata"]["name"]
     assert matches(from_mcp["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
