@@ -61,7 +61,9 @@ class Settings(BaseSettings):
 
     generation_timeout_seconds: float = Field(default=300, gt=0)
     runtime_connect_timeout_seconds: float = Field(default=5, gt=0)
-    max_concurrent_per_runtime: int = Field(default=2, ge=1)
+    # As many as the runtime batches by default (MAX_BATCH_SIZE=4), so one replica can fill
+    # a batch; the runtime queues the rest.
+    max_concurrent_per_runtime: int = Field(default=4, ge=1)
     max_queue_per_runtime: int = Field(default=16, ge=0)
 
     mcp_auth_token: str | None = None
