@@ -10,7 +10,7 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, File, Form, Path, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -166,6 +166,10 @@ def public_base(request: Request, public_url: str | None) -> str:
     return public_url or str(request.base_url).rstrip("/")
 
 
+async def _upload_b64(upload: UploadFile | None) -> str | None:
+    return base64.b64encode(await upload.read()).decode() if upload is not None else None
+
+
 def build_router(service: ImageService, public_url: str | None) -> APIRouter:
     router = APIRouter()
 
@@ -178,6 +182,66 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
         responses=ERRORS,
     )
     async def generate(body: ImageGenerationRequest, request: Request) -> Any:
+        return await serve(body, request, "POST /v1/images/generations")
+
+    @router.post(
+        "/v1/images/edits",
+        tags=["images"],
+        summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
+        response_model=ImagesResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+    )
+    async def edit(
+        request: Request,
+        prompt: Annotated[str, Form(min_length=1)],
+        image: Annotated[UploadFile | None, File(description="PNG, JPEG or WebP to edit.")] = None,
+        images: Annotated[
+            list[UploadFile] | None,
+            File(alias="image[]", description="OpenAI's array form; the first one is edited."),
+        ] = None,
+        mask: Annotated[
+            UploadFile | None,
+            File(description="Same size as the image; transparent (or white) = repaint."),
+        ] = None,
+        n: Annotated[int, Form(ge=1)] = 1,
+        size: Annotated[str | None, Form()] = None,
+        response_format: Annotated[Literal["url", "b64_json"], Form()] = "url",
+        model: Annotated[str | None, Form()] = None,
+        user: Annotated[str | None, Form()] = None,
+        negative_prompt: Annotated[str | None, Form()] = None,
+        strength: Annotated[float | None, Form(gt=0, le=1)] = None,
+        num_inference_steps: Annotated[int | None, Form(ge=1)] = None,
+        guidance_scale: Annotated[float | None, Form(ge=0)] = None,
+        seed: Annotated[int | None, Form(ge=0)] = None,
+        scheduler: Annotated[str | None, Form()] = None,
+        output_format: Annotated[OutputFormat | None, Form()] = None,
+    ) -> Any:
+        source = image or (images[0] if images else None)
+        if source is None:
+            return error_response(
+                400, "image: required; send the image to edit as a multipart file", param="image"
+            )
+        body = ImageGenerationRequest(
+            prompt=prompt,
+            n=n,
+            size=size,
+            response_format=response_format,
+            model=model,
+            user=user,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            scheduler=scheduler,
+            output_format=output_format,
+            image=await _upload_b64(source),
+            mask_image=await _upload_b64(mask),
+            strength=strength,
+        )
+        return await serve(body, request, "POST /v1/images/edits")
+
+    async def serve(body: ImageGenerationRequest, request: Request, entry: str) -> Any:
         try:
             generation = body.to_generation()
         except (ValueError, ValidationError) as exc:
@@ -189,7 +253,7 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
         work = asyncio.ensure_future(
             service.generate(
                 generation,
-                entry="POST /v1/images/generations",
+                entry=entry,
                 request_id=request_id_var.get(),
                 base_url=public_base(request, public_url),
             )
