@@ -208,9 +208,10 @@ def build_mcp(
         output_format: Format = None,
         model: Model = None,
     ) -> Annotated[CallToolResult, GenerationResult]:
-        """Generate images from a text prompt and wait for them (progress per denoising step).
-        Returns a small inline image, a resource_link to the full image and the parameters
-        used (seed included, to reproduce it)."""
+        """Generate new images from a text prompt and wait for them (progress per denoising
+        step). Returns a small inline image, a resource_link to the full image and the
+        parameters used (seed included, to reproduce it). To change an image that already
+        exists while keeping its composition, use edit_image instead."""
         with _observe("generate_image"):
             request = _request(
                 prompt=prompt,
