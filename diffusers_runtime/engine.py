@@ -134,10 +134,18 @@ class Engine:
                 # Under concurrent load, a short wait lets the clients that are about to send
                 # their next request share this call. A lone client never pays the wait.
                 await asyncio.sleep(self._window)
+                if not self._waiting:  # its requests were cancelled meanwhile
+                    continue
             batch = self._take_batch()
-            if batch:
-                self._concurrent = len(batch) > 1 or bool(self._waiting)
+            self._concurrent = len(batch) > 1 or bool(self._waiting)
+            try:
                 await self._run(batch)
+            except Exception:
+                # A bug here must fail this batch, not stop the engine for every later request.
+                log.exception("engine error serving %s", [job.request_id for job in batch])
+                self._fail(
+                    batch, GenerationFailed("internal error in the runtime engine"), "engine"
+                )
 
     def _batchable_rows(self) -> int:
         key = self._waiting[0].generation.batch_key()
@@ -156,7 +164,7 @@ class Engine:
                 batch.append(job)
                 rows += size
         metrics.QUEUED.labels(self._model).dec(len(batch))
-        return [job for job in batch if not job.cancelled]
+        return batch
 
     async def _run(self, batch: list[Job]) -> None:
         loop = asyncio.get_running_loop()

@@ -156,3 +156,23 @@ def test_other_pipeline_failures_name_what_failed(pipe, monkeypatch):
     with pytest.raises(GenerationFailed) as error:
         asyncio.run(scenario())
     assert "StableDiffusionPipeline call failed: RuntimeError: mat1" in error.value.message
+
+
+def test_a_request_cancelled_during_the_batch_window_leaves_the_engine_serving(pipe):
+    async def scenario():
+        engine = Engine(pipe, "m", max_batch_size=4, batch_window_seconds=0.3)
+        # A batch of two marks the engine as under concurrent load: the next call waits.
+        await asyncio.gather(
+            engine.generate(generation(1), "a"), engine.generate(generation(2), "b")
+        )
+        lone = asyncio.create_task(engine.generate(generation(3), "lone"))
+        await asyncio.sleep(0.05)
+        lone.cancel()
+        await asyncio.sleep(0.5)
+        after = await asyncio.wait_for(engine.generate(generation(4), "after"), 30)
+        await engine.close()
+        return lone, after
+
+    lone, after = asyncio.run(scenario())
+    assert lone.cancelled()
+    assert after.images[0].size == (64, 64)
