@@ -54,14 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import uvicorn
-    from sse_starlette.sse import AppStatus
 
     from mcp_server.app import create_app
 
-    # sse-starlette ends every SSE stream the moment SIGTERM arrives: an MCP tool call in
-    # flight would lose its result. Its streams are finite here (one per request, stateless),
-    # so let uvicorn drain them like any response, bounded by SHUTDOWN_GRACE_SECONDS.
-    AppStatus.disable_automatic_graceful_drain()
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
