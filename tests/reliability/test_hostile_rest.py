@@ -20,7 +20,7 @@ from tests.mcp_server.conftest import start_mcp_server
 from tests.reliability.hostile import AUTH, TOKEN, TRIED
 from tests.support import ServerProcess
 
-EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 40}
+EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,7 @@ def test_runtime_killed_mid_generation_then_back(
         return result, mcp_seconds, rest_answer["done"] - killed_at
 
     result, mcp_seconds, rest_seconds = asyncio.run(scenario())
+    print(f"runtime killed: MCP answered {mcp_seconds:.2f} s, REST {rest_seconds:.2f} s later")
     assert mcp_seconds < TIMEOUT and rest_seconds < TIMEOUT
     assert result.is_error
     message = result.content[0].text
@@ -264,6 +265,7 @@ def test_sigterm_to_the_server_finishes_in_flight_generations_and_exits_0(
         assert not result.is_error, result.content
         assert response.status_code == 200, response.text
         assert mcp.process.returncode == 0, mcp.log()[-2000:]
+        print(f"server SIGTERM: both calls completed, exit 0 after {exit_seconds:.1f} s")
         assert exit_seconds < SHUTDOWN_GRACE_SECONDS
 
 
@@ -276,6 +278,7 @@ def test_sigterm_to_the_runtime_finishes_in_flight_generations_and_exits_0(
     assert not result.is_error, result.content
     assert response.status_code == 200, response.text
     assert restartable.server.process.returncode == 0, restartable.server.log()[-2000:]
+    print(f"runtime SIGTERM: both calls completed, exit 0 after {exit_seconds:.1f} s")
     # KServe's default grace period (--grace_period) is 30 s.
     assert exit_seconds < 30
     # The server now reports the runtime gone, and still serves.
