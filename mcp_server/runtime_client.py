@@ -107,10 +107,11 @@ class RuntimeClient:
             )
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
             # Connected, then the peer vanished mid-answer: the runtime died or restarted.
+            detail = str(exc) or type(exc).__name__
             return RuntimeCallError(
                 f"The diffusers runtime at {url} became unavailable while {what}: it dropped "
                 "the connection before answering (it probably restarted, was killed or ran out "
-                f"of memory); check its logs and pod events, then retry. ({exc or type(exc)})",
+                f"of memory); check its logs and pod events, then retry. ({detail})",
                 kind="unavailable",
                 status=503,
             )
