@@ -124,8 +124,8 @@ def test_runtime_killed_mid_generation_then_back(
         await asyncio.sleep(0.5)
         # Both calls are now inside the runtime; kill it as the OOM killer would.
         assert restartable.server is not None
-        restartable.server.stop(signal.SIGKILL)
         killed_at = time.monotonic()
+        restartable.server.stop(signal.SIGKILL)
         result = await call
         mcp_seconds = time.monotonic() - killed_at
         await asyncio.to_thread(rest.join, TIMEOUT + 30)
@@ -177,17 +177,21 @@ def proxied(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 FAULTS = [
-    ("hang", f"did not answer within {FAST_TIMEOUT:g} s", 504),
-    ("garbage", "unexpected answer", 502),
-    ("sse_garbage", "unexpected answer", 502),
-    # A listener that resets on accept looks like a closed port to the client.
-    ("reset", "refused the connection", 502),
+    ("hang", (f"did not answer within {FAST_TIMEOUT:g} s",), (504,)),
+    ("garbage", ("unexpected answer",), (502,)),
+    ("sse_garbage", ("unexpected answer",), (502,)),
+    # A reset at accept looks like a closed port; on a pooled connection, like a dead runtime.
+    ("reset", ("refused the connection", "became unavailable"), (502, 503)),
 ]
 
 
-@pytest.mark.parametrize(("mode", "expected", "status"), FAULTS)
+@pytest.mark.parametrize(("mode", "expected", "statuses"), FAULTS)
 def test_faulty_runtime_gives_a_clear_error_then_recovers(
-    proxied: ServerProcess, proxy: FaultProxy, mode: str, expected: str, status: int
+    proxied: ServerProcess,
+    proxy: FaultProxy,
+    mode: str,
+    expected: tuple[str, ...],
+    statuses: tuple[int, ...],
 ) -> None:
     proxy.set_mode(mode)  # type: ignore[arg-type]
     try:
@@ -199,13 +203,11 @@ def test_faulty_runtime_gives_a_clear_error_then_recovers(
         proxy.set_mode("pass")
     # Within the configured timeout (plus the connection setup and the client's own work).
     assert mcp_seconds < FAST_TIMEOUT + 3 and rest_seconds < FAST_TIMEOUT + 3
-    assert result.is_error and expected in result.content[0].text, result.content[0].text
-    assert proxy.url in result.content[0].text
-    if mode != "sse_garbage":  # the REST route uses :predict, which has no event stream
-        assert response.status_code == status, response.text
-        assert expected in response.json()["error"]["message"]
-    else:
-        assert response.status_code == 502, response.text
+    text = result.content[0].text
+    assert result.is_error and any(e in text for e in expected), text
+    assert proxy.url in text
+    assert response.status_code in statuses, response.text
+    assert any(e in response.json()["error"]["message"] for e in expected), response.text
     assert httpx.get(f"{proxied.url}/health", timeout=5).status_code == 200
 
     healthy = asyncio.run(mcp_generate(proxied.url, SMALL))
