@@ -38,7 +38,7 @@ from tests.support import REPO, ServerProcess, free_port, run_server, tiny_model
 
 RESULTS = REPO / "bench" / "results"
 THREADS = 1
-SIZES = [(64, 4, 15), (128, 4, 10), (256, 20, 5)]  # side, steps, repeats
+SIZES = [(64, 4, 20), (128, 4, 15), (256, 20, 7)]  # side, steps, repeats
 CONCURRENCY = [1, 4, 8]
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
 
@@ -52,15 +52,19 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def timed(call: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
+def timed(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict:
+    """Latency of each call, interleaved round by round so that drift in the machine's speed
+    (other processes, CPU frequency) weighs on every layer alike."""
     for _ in range(warmup):
-        call()
-    samples = []
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return summary(samples)
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - started)
+    return {name: summary(values) for name, values in samples.items()}
 
 
 def rss_mib(pid: int) -> float:
@@ -219,8 +223,9 @@ def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
     return generate
 
 
-def throughput(call: Callable[[dict], None], clients: int, per_client: int = 4) -> float:
-    """Images per second with CLIENTS closed-loop clients, PER_CLIENT requests each."""
+def throughput(call: Callable[[dict], None], clients: int) -> float:
+    """Images per second with CLIENTS closed-loop clients, 24 requests in all."""
+    per_client = 24 // clients
 
     def client_loop(index: int) -> None:
         for k in range(per_client):
@@ -345,16 +350,16 @@ def measure(log_dir: Path) -> dict:
         for side, steps, repeats in SIZES:
             params = {"width": side, "height": side, "num_inference_steps": steps}
             key = f"{side}x{side}/{steps}"
-            figures = {
-                name: timed(functools.partial(call, params), repeats)
-                for name, call in layers.items()
-            }
+            figures = timed(
+                {name: functools.partial(call, params) for name, call in layers.items()}, repeats
+            )
             for name in ("runtime", "mcp", "rest"):
                 figures[name]["ratio_to_raw"] = figures[name]["median"] / figures["raw"]["median"]
             results["latency"][key] = figures
             print(key, {n: round(f["median"] * 1000, 1) for n, f in figures.items()}, flush=True)
 
-        raw_rate = throughput(raw, 1, per_client=16)
+        # Sequential raw throughput is one image per raw latency, measured interleaved above.
+        raw_rate = 1 / results["latency"]["64x64/4"]["raw"]["median"]
         results["throughput"]["raw_sequential"] = raw_rate
         idle = rss_mib(mcp.process.pid)
         for clients in CONCURRENCY:

@@ -61,7 +61,10 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
                 while (item := await events.get())[0] == "progress":
                     yield sse(*item)
                 try:
-                    yield sse("result", task.result())
+                    # `image` repeats images[0] for the original runtime's :predict clients;
+                    # this route is new, so its result carries each image once.
+                    result = {k: v for k, v in task.result().items() if k != "image"}
+                    yield sse("result", result)
                 except RuntimeFailure as exc:
                     yield sse("error", error_body(exc))
             finally:

@@ -40,7 +40,8 @@ def test_one_progress_event_per_step_then_the_result(runtime):
     assert progress == [{"step": k, "total": 6} for k in range(1, 7)]
     assert [event for event, _ in received][-1] == "result"
     result = received[-1][1]
-    assert decode(result["image"]).size == (64, 64)
+    assert "image" not in result, "the stream sends each image once, in images"
+    assert decode(result["images"][0]).size == (64, 64)
 
 
 def test_stream_rejects_invalid_input_before_streaming(runtime):
