@@ -36,7 +36,9 @@ $(TINY_MODEL)/model_index.json: | $(VENV)/.installed
 tiny-model: $(TINY_MODEL)/model_index.json ## Build the tiny offline model into .cache/tiny-sd
 
 .PHONY: test
-test: install tiny-model ## Run the whole test suite
+test: install tiny-model ## Lint, then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	TINY_MODEL_DIR=$(abspath $(TINY_MODEL)) $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
