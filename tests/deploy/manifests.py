@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -98,3 +100,65 @@ def matches(selector: dict, labels: dict) -> bool:
         if not ok:
             return False
     return True
+
+
+# Labels the API server (kubernetes.io/metadata.name) and OpenShift (the router's policy
+# group) put on namespaces.
+ROUTER_NS_LABELS = {"policy-group.network.openshift.io/ingress": ""}
+
+
+def stand_in_pod(ref: str, labels: dict) -> dict:
+    """A pod for what the manifests do not create (a predictor, the router, DNS...)."""
+    namespace, name = ref.split("/")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "stand-in"}]},
+    }
+
+
+def namespace(name: str) -> dict:
+    labels = {"kubernetes.io/metadata.name": name}
+    if name == "openshift-ingress":
+        labels |= ROUTER_NS_LABELS
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def nca_connections(
+    rendered: str, pods: list[dict], namespaces: set[str]
+) -> list[tuple[str, str, str]]:
+    """(source, destination, allowed) for each connection network-config-analyzer finds
+    between the RENDERED manifests and the stand-in PODS, in NAMESPACES (plus the pods')."""
+    names = namespaces | {pod["metadata"]["namespace"] for pod in pods}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "rendered.yaml").write_text(rendered)
+        for file, items in (
+            ("pods.yaml", pods),
+            ("namespaces.yaml", [namespace(n) for n in sorted(names)]),
+        ):
+            (folder / file).write_text(
+                yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
+            )
+        result = subprocess.run(
+            [
+                tool("nca"),
+                "--connectivity", str(folder / "rendered.yaml"),
+                "--pod_list", str(folder / "rendered.yaml"),
+                "--pod_list", str(folder / "pods.yaml"),
+                "--ns_list", str(folder / "namespaces.yaml"),
+                "--output_format", "txt_no_fw_rules",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = [
+        match.groups()
+        for line in result.stdout.splitlines()
+        if (match := re.match(r"^(\S+) => (\S+) : (.+)$", line))
+    ]
+    assert found, f"nca printed no connections:\n{result.stdout}"
+    return found

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.deploy.manifests import MCP_ENVS, mcp_dir, render_text, runtime_dir, tool
+from tests.deploy.manifests import (
+    MCP_ENVS,
+    mcp_dir,
+    nca_connections,
+    render_text,
+    runtime_dir,
+    stand_in_pod,
+)
 
 MCP = "mcp-server[Deployment]"
 STAND_INS = {
@@ -26,78 +29,18 @@ STAND_INS = {
     # An unrelated pod beside the MCP server in its own namespace.
     "{mcp_ns}/neighbour": {},
 }
-# Labels the API server (kubernetes.io/metadata.name) and OpenShift (the router's policy
-# group) put on these namespaces.
-ROUTER_NS_LABELS = {"policy-group.network.openshift.io/ingress": ""}
-
-
-def _pod(ref: str, labels: dict) -> dict:
-    namespace, name = ref.split("/")
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"containers": [{"name": "c", "image": "stand-in"}]},
-    }
-
-
-def _namespace(name: str) -> dict:
-    labels = {"kubernetes.io/metadata.name": name}
-    if name == "openshift-ingress":
-        labels |= ROUTER_NS_LABELS
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
 @functools.cache
 def connectivity(env: str) -> dict[tuple[str, str], str]:
     """{(source, destination): allowed connection} for the MCP overlay ENV with its runtime."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return _analyse(env, Path(tmp))
-
-
-def _analyse(env: str, tmp_path: Path) -> dict[tuple[str, str], str]:
     mcp_ns = f"mcp-server-{env}"
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(
-        render_text(mcp_dir(env)) + "---\n" + render_text(runtime_dir(MCP_ENVS[env]))
-    )
-    pods = [_pod(ref.format(mcp_ns=mcp_ns), labels) for ref, labels in STAND_INS.items()]
-    (tmp_path / "pods.yaml").write_text(
-        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods})
-    )
-    namespaces = {pod["metadata"]["namespace"] for pod in pods} | {mcp_ns, "kube-system"}
-    (tmp_path / "namespaces.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "List",
-                "items": [_namespace(n) for n in sorted(namespaces)],
-            }
-        )
-    )
-    result = subprocess.run(
-        [
-            tool("nca"),
-            "--connectivity", str(rendered),
-            "--pod_list", str(rendered),
-            "--pod_list", str(tmp_path / "pods.yaml"),
-            "--ns_list", str(tmp_path / "namespaces.yaml"),
-            "--output_format", "txt_no_fw_rules",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    edges = {}
-    for line in result.stdout.splitlines():
-        if match := re.match(r"^(\S+) => (\S+) : (.+)$", line):
-            source, destination, allowed = match.groups()
-            edges[(source.removeprefix(f"{mcp_ns}/"), destination.removeprefix(f"{mcp_ns}/"))] = (
-                allowed
-            )
-    assert edges, f"nca printed no connections:\n{result.stdout}"
-    return edges
+    rendered = render_text(mcp_dir(env)) + "---\n" + render_text(runtime_dir(MCP_ENVS[env]))
+    pods = [stand_in_pod(ref.format(mcp_ns=mcp_ns), labels) for ref, labels in STAND_INS.items()]
+    return {
+        (source.removeprefix(f"{mcp_ns}/"), destination.removeprefix(f"{mcp_ns}/")): allowed
+        for source, destination, allowed in nca_connections(rendered, pods, {mcp_ns, "kube-system"})
+    }
 
 
 @pytest.fixture

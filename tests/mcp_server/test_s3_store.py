@@ -4,8 +4,10 @@ from one replica is served by the other, and images expire after the TTL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import httpx
@@ -24,18 +26,26 @@ CREDENTIALS = {
 }
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def moto_with_bucket(log_dir: Path) -> Iterator[ServerProcess]:
+    """A real S3-compatible server (moto) on a free loopback port, with BUCKET created."""
     port = free_port()
     with run_server(
         ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         port=port,
         ready_path="/",
-        log_path=tmp_path_factory.mktemp("moto") / "moto.log",
+        log_path=log_dir / "moto.log",
         timeout=60,
     ) as server:
-        client = boto3.client("s3", endpoint_url=server.url, **_boto_credentials())
-        client.create_bucket(Bucket=BUCKET)
+        boto3.client("s3", endpoint_url=server.url, **_boto_credentials()).create_bucket(
+            Bucket=BUCKET
+        )
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with moto_with_bucket(tmp_path_factory.mktemp("moto")) as server:
         yield server.url
 
 

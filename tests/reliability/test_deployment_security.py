@@ -7,15 +7,8 @@ the MCP server's own policies are checked in tests/deploy."""
 from __future__ import annotations
 
 import functools
-import re
-import subprocess
-import tempfile
-from pathlib import Path
 
-import yaml
-
-from tests.deploy.manifests import mcp_dir, render_text, runtime_dir, tool
-from tests.deploy.test_network import _namespace, _pod
+from tests.deploy.manifests import mcp_dir, nca_connections, render_text, runtime_dir, stand_in_pod
 
 PREDICTORS = {
     "default/redhat-dog-predictor": {
@@ -35,48 +28,16 @@ PREDICTORS = {
 def runtime_egress() -> dict[str, set[str]]:
     """{predictor: destinations it may reach} with both runtime overlays applied together,
     as in a cluster running dev and production against namespace default."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        rendered = tmp_path / "rendered.yaml"
-        rendered.write_text(
-            render_text(runtime_dir("redhat-dog"))
-            + "---\n"
-            + render_text(runtime_dir("tiny-sd"))
-            + "---\n"
-            + render_text(mcp_dir("production"))
-        )
-        pods = [_pod(ref, labels) for ref, labels in PREDICTORS.items()]
-        (tmp_path / "pods.yaml").write_text(
-            yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": pods})
-        )
-        names = {p["metadata"]["namespace"] for p in pods} | {
-            "kube-system",
-            "mcp-server-production",
-        }
-        (tmp_path / "ns.yaml").write_text(
-            yaml.safe_dump(
-                {"apiVersion": "v1", "kind": "List", "items": [_namespace(n) for n in names]}
-            )
-        )
-        result = subprocess.run(
-            [
-                tool("nca"),
-                "--connectivity", str(rendered),
-                "--pod_list", str(rendered),
-                "--pod_list", str(tmp_path / "pods.yaml"),
-                "--ns_list", str(tmp_path / "ns.yaml"),
-                "--output_format", "txt_no_fw_rules",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    rendered = "---\n".join(
+        render_text(path)
+        for path in (runtime_dir("redhat-dog"), runtime_dir("tiny-sd"), mcp_dir("production"))
+    )
+    pods = [stand_in_pod(ref, labels) for ref, labels in PREDICTORS.items()]
     edges: dict[str, set[str]] = {}
-    for line in result.stdout.splitlines():
-        if match := re.match(r"^(\S+) => (\S+) : (.+)$", line):
-            edges.setdefault(match[1], set()).add(match[2])
-    assert edges, result.stdout
+    for source, destination, _ in nca_connections(
+        rendered, pods, {"kube-system", "mcp-server-production"}
+    ):
+        edges.setdefault(source, set()).add(destination)
     return edges
 
 

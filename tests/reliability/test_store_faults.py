@@ -10,15 +10,14 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from mcp import Client
 
 from tests.mcp_server.conftest import start_mcp_server
-from tests.mcp_server.test_s3_store import BUCKET, CREDENTIALS, _boto_credentials
+from tests.mcp_server.test_s3_store import BUCKET, CREDENTIALS, moto_with_bucket
 from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, free_port, run_server
+from tests.support import ServerProcess
 
 SMALL = {"size": "64x64", "num_inference_steps": 2}
 
@@ -97,19 +96,11 @@ def test_local_store_unavailable(local_server: tuple[ServerProcess, Path]) -> No
 
 @pytest.fixture(scope="module")
 def s3_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
-    port = free_port()
-    with run_server(
-        ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        port=port,
-        ready_path="/",
-        log_path=tmp_path_factory.mktemp("moto") / "moto.log",
-        timeout=60,
-    ) as moto:
-        boto3.client("s3", endpoint_url=moto.url, **_boto_credentials()).create_bucket(
-            Bucket=BUCKET
-        )
-        with fault_proxy(port) as proxy:
-            yield proxy
+    with (
+        moto_with_bucket(tmp_path_factory.mktemp("moto")) as moto,
+        fault_proxy(int(moto.url.rsplit(":", 1)[1])) as proxy,
+    ):
+        yield proxy
 
 
 @pytest.fixture(scope="module")
