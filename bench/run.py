@@ -108,14 +108,16 @@ def raw_layer(model_dir: str) -> tuple[dict, Callable[[dict], None]]:
 
     def generate(params: dict) -> None:
         generator = torch.Generator("cpu").manual_seed(params.get("seed", 0))
-        image = pipe(
-            "a watercolor lighthouse",
-            width=params["width"],
-            height=params["height"],
-            num_inference_steps=params["num_inference_steps"],
-            guidance_scale=7.0,
-            generator=generator,
-        ).images[0]
+        # The engine's own call: inference_mode is a little faster than the pipeline's no_grad.
+        with torch.inference_mode():
+            image = pipe(
+                "a watercolor lighthouse",
+                width=params["width"],
+                height=params["height"],
+                num_inference_steps=params["num_inference_steps"],
+                guidance_scale=7.0,
+                generator=generator,
+            ).images[0]
         encode(image, "png")
 
     return {"pipeline": type(pipe).__name__}, generate
