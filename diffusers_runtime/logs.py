@@ -27,9 +27,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
+    """JSON lines for every logger: ours, diffusers', and KServe's and uvicorn's, which leave
+    their own text format alone when the root logger already has a handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("diffusers_runtime")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library deprecation warnings too, instead of raw text between the JSON lines.
+    logging.captureWarnings(True)
