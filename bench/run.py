@@ -34,7 +34,7 @@ import openai
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import REPO, ServerProcess, free_port, run_server, tiny_model_dir
+from tests.support import REPO, ServerProcess, start_mcp_server, start_runtime, tiny_model_dir
 
 RESULTS = REPO / "bench" / "results"
 THREADS = 1
@@ -253,7 +253,7 @@ def cold_start(model_dir: str, log_dir: Path) -> dict[str, float]:
         subprocess.run([sys.executable, "-c", load_only], check=True, capture_output=True)
         baseline.append(time.perf_counter() - started)
         started = time.perf_counter()
-        with start_runtime(model_dir, log_dir, poll=0.02):
+        with runtime_process(log_dir, poll=0.02):
             served.append(time.perf_counter() - started)
     return {
         "import_and_load_s": statistics.median(baseline),
@@ -262,36 +262,21 @@ def cold_start(model_dir: str, log_dir: Path) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def start_runtime(model_dir: str, log_dir: Path, poll: float = 0.2, **env: str):
-    port = free_port()
-    with run_server(
-        ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
-        port=port,
-        ready_path="/v1/models/model",
-        env={"MODEL_ID": model_dir, "TORCH_THREADS": str(THREADS), "LOG_LEVEL": "WARNING", **env},
-        log_path=log_dir / f"runtime-{port}.log",
-        poll=poll,
+def runtime_process(log_dir: Path, poll: float = 0.2, **env: str) -> Iterator[ServerProcess]:
+    with start_runtime(
+        log_dir, poll=poll, TORCH_THREADS=str(THREADS), LOG_LEVEL="WARNING", **env
     ) as server:
         yield server
 
 
 @contextlib.contextmanager
-def start_mcp_server(runtime: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    with run_server(
-        ["-m", "mcp_server"],
-        port=port,
-        ready_path="/health",
-        env={
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "DIFFUSERS_RUNTIME_URL": runtime.url,
-            "IMAGE_STORE_DIR": str(log_dir / "images"),
-            # Let every benchmark client through, so the runtime can batch them.
-            "MAX_CONCURRENT_PER_RUNTIME": "8",
-            "LOG_LEVEL": "WARNING",
-        },
-        log_path=log_dir / f"mcp-{port}.log",
+def mcp_process(runtime: ServerProcess, log_dir: Path) -> Iterator[ServerProcess]:
+    with start_mcp_server(
+        log_dir,
+        DIFFUSERS_RUNTIME_URL=runtime.url,
+        # Let every benchmark client through, so the runtime can batch them.
+        MAX_CONCURRENT_PER_RUNTIME="8",
+        LOG_LEVEL="WARNING",
     ) as server:
         yield server
 
@@ -338,8 +323,8 @@ def measure(log_dir: Path) -> dict:
         "throughput": {},
     }
     with (
-        start_runtime(model_dir, log_dir) as runtime,
-        start_mcp_server(runtime, log_dir) as mcp,
+        runtime_process(log_dir) as runtime,
+        mcp_process(runtime, log_dir) as mcp,
         httpx.Client(timeout=300) as http,
     ):
         rest_client = openai.OpenAI(base_url=f"{mcp.url}/v1", api_key="unused", timeout=300)
@@ -382,7 +367,7 @@ def measure(log_dir: Path) -> dict:
         results["wire"] = wire_bytes(mcp.url, mcp.url)
         layers["mcp"].close()
     with (
-        start_runtime(model_dir, log_dir, MAX_BATCH_SIZE="1") as unbatched,
+        runtime_process(log_dir, MAX_BATCH_SIZE="1") as unbatched,
         httpx.Client(timeout=300) as http,
     ):
         rate = throughput(runtime_call(unbatched.url, http), max(CONCURRENCY))

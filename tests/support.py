@@ -95,7 +95,7 @@ def run_server(
 
 
 @contextlib.contextmanager
-def start_runtime(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
+def start_runtime(log_dir: Path, poll: float = 0.2, **env: str) -> Iterator[ServerProcess]:
     """The diffusers runtime on the tiny model, as a real process on a free loopback port.
 
     ENV adds runtime settings (e.g. MAX_BATCH_SIZE="1"); the model is named `model`.
@@ -107,5 +107,31 @@ def start_runtime(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
         ready_path="/v1/models/model",
         env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model", **env},
         log_path=log_dir / f"runtime-{port}.log",
+        poll=poll,
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_mcp_server(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    """`python -m mcp_server` on a free loopback port; ENV adds settings."""
+    port = free_port()
+    settings = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "IMAGE_STORE": "local",
+        "IMAGE_STORE_DIR": str(log_dir / f"store-{port}"),
+        "MCP_AUTH_TOKEN": "",
+        "PUBLIC_URL": "",
+        "LOG_LEVEL": "INFO",
+        **env,
+    }
+    with run_server(
+        ["-m", "mcp_server"],
+        port=port,
+        ready_path="/health",
+        env=settings,
+        log_path=log_dir / f"mcp-server-{port}.log",
+        timeout=60,
     ) as server:
         yield server

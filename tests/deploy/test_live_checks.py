@@ -13,27 +13,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import REPO, ServerProcess, free_port, run_server
+from tests.support import REPO, ServerProcess, free_port, start_mcp_server
 
 
 @pytest.fixture(scope="module")
 def local_mcp_server(runtime: ServerProcess, tmp_path_factory) -> Iterator[ServerProcess]:
-    log_dir = tmp_path_factory.mktemp("deploy-mcp")
-    port = free_port()
-    with run_server(
-        ["-m", "mcp_server"],
-        port=port,
-        ready_path="/ready",
-        env={
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "DIFFUSERS_RUNTIME_URL": runtime.url,
-            "IMAGE_STORE": "local",
-            "IMAGE_STORE_DIR": str(log_dir / "images"),
-            "MCP_AUTH_TOKEN": "",
-        },
-        log_path=log_dir / "mcp-server.log",
-        timeout=60,
+    with start_mcp_server(
+        tmp_path_factory.mktemp("deploy-mcp"), DIFFUSERS_RUNTIME_URL=runtime.url
     ) as server:
         yield server
 

@@ -20,9 +20,8 @@ import yaml
 from mcp import Client
 
 from tests.discovery.conftest import FakeCluster
-from tests.mcp_server.conftest import start_mcp_server
 from tests.mcp_server.helpers import image_size
-from tests.support import REPO
+from tests.support import REPO, start_mcp_server
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
 BROKEN = "Revision broken-predictor-00001 failed: container kserve-container OOMKilled"

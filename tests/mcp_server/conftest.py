@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, ServerProcess, free_port, run_server, tiny_model_dir
-
-
-@contextlib.contextmanager
-def start_mcp_server(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
-    """`python -m mcp_server` on a free loopback port; ENV adds settings."""
-    port = free_port()
-    settings = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "IMAGE_STORE": "local",
-        "IMAGE_STORE_DIR": str(log_dir / f"store-{port}"),
-        "MCP_AUTH_TOKEN": "",
-        "PUBLIC_URL": "",
-        "LOG_LEVEL": "INFO",
-        **env,
-    }
-    with run_server(
-        ["-m", "mcp_server"],
-        port=port,
-        ready_path="/health",
-        env=settings,
-        log_path=log_dir / f"mcp-server-{port}.log",
-        timeout=60,
-    ) as server:
-        yield server
+from tests.support import (
+    REPO,
+    ServerProcess,
+    free_port,
+    run_server,
+    start_mcp_server,
+    tiny_model_dir,
+)
 
 
 @pytest.fixture(scope="session")

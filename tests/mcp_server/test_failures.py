@@ -15,9 +15,9 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.conftest import LateRuntime, start_mcp_server
+from tests.mcp_server.conftest import LateRuntime
 from tests.mcp_server.helpers import SMALL
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 TIMEOUT = 2.0
 

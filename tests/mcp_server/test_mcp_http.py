@@ -15,9 +15,8 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from tests.mcp_server.conftest import start_mcp_server
 from tests.mcp_server.helpers import LONG, SMALL, image_size, metric
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 
 def run(coro):

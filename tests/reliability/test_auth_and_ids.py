@@ -20,9 +20,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.deploy.manifests import config, mcp_dir, render
-from tests.mcp_server.conftest import start_mcp_server
 from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 WRONG_TOKEN = "wrong-token-7f3e9c"
 OPEN = ("/health", "/ready", "/metrics")

@@ -17,9 +17,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.mcp_server.conftest import start_mcp_server
 from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),

@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.mcp_server.conftest import start_mcp_server
 from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 

@@ -18,9 +18,8 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.conftest import start_mcp_server
 from tests.mcp_server.helpers import metric
-from tests.support import ServerProcess
+from tests.support import ServerProcess, start_mcp_server
 
 REQUESTS = 200
 CLIENTS = 16

@@ -17,10 +17,9 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.conftest import start_mcp_server
 from tests.mcp_server.helpers import SMALL
 from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, free_port, run_server, tiny_model_dir
+from tests.support import ServerProcess, free_port, run_server, start_mcp_server, tiny_model_dir
 
 TIMEOUT = 20.0
 FAST_TIMEOUT = 3.0
