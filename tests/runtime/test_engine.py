@@ -111,12 +111,14 @@ def test_a_batch_whose_requests_are_all_cancelled_stops(pipe):
     assert quick.batch_size == 1
 
 
-def test_out_of_memory_becomes_a_503_that_says_so(pipe, monkeypatch):
-    def exhausted(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+def generate_with_a_failing_unet(pipe, monkeypatch, failure: Exception) -> None:
+    """One generation whose UNet raises FAILURE; the engine's error propagates."""
+
+    def fail(*args, **kwargs):
+        raise failure
 
     engine = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
-    monkeypatch.setattr(pipe.unet, "forward", exhausted)
+    monkeypatch.setattr(pipe.unet, "forward", fail)
 
     async def scenario():
         try:
@@ -124,8 +126,13 @@ def test_out_of_memory_becomes_a_503_that_says_so(pipe, monkeypatch):
         finally:
             await engine.close()
 
+    asyncio.run(scenario())
+
+
+def test_out_of_memory_becomes_a_503_that_says_so(pipe, monkeypatch):
+    exhausted = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     with pytest.raises(DeviceOutOfMemory) as error:
-        asyncio.run(scenario())
+        generate_with_a_failing_unet(pipe, monkeypatch, exhausted)
     assert "ran out of memory" in error.value.message and "64x64" in error.value.message
 
     app = FastAPI()
@@ -141,20 +148,9 @@ def test_out_of_memory_becomes_a_503_that_says_so(pipe, monkeypatch):
 
 
 def test_other_pipeline_failures_name_what_failed(pipe, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    engine = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
-    monkeypatch.setattr(pipe.unet, "forward", broken)
-
-    async def scenario():
-        try:
-            await engine.generate(generation(1), "r")
-        finally:
-            await engine.close()
-
+    broken = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     with pytest.raises(GenerationFailed) as error:
-        asyncio.run(scenario())
+        generate_with_a_failing_unet(pipe, monkeypatch, broken)
     assert "StableDiffusionPipeline call failed: RuntimeError: mat1" in error.value.message
 
 
