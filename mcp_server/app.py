@@ -17,15 +17,22 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_server import metrics
 from mcp_server.discovery import Discovery, DiscoveryConfigError
+from mcp_server.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    ServiceError,
+    UnauthorizedError,
+)
 from mcp_server.jobs import JobManager
 from mcp_server.logs import new_request_id, request_id_var
 from mcp_server.mcp_app import build_mcp
-from mcp_server.rest import build_router, error_response, validation_problem
+from mcp_server.registry import ModelRegistry
+from mcp_server.rest import build_router, validation_problem
 from mcp_server.service import ImageService
 from mcp_server.settings import Settings
 from mcp_server.store import make_store
@@ -37,7 +44,9 @@ UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:/+=-]")
 # up to 10 MiB per image). Without a cap a client could make the server buffer any amount.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
+# Probes and Prometheus cannot send a token. The API docs can (from a browser, with a header
+# extension or through `oc port-forward`), so with a token set they need it too.
+OPEN_PATHS = ("/health", "/ready", "/metrics")
 
 
 @dataclass
@@ -53,7 +62,10 @@ class Components:
 
     async def start(self) -> None:
         """Check the image store, then start discovery (which lists once before serving)."""
-        await self.service.store.check()
+        try:
+            await self.service.check_ready()
+        except ServiceError as exc:
+            raise RuntimeError(str(exc)) from None
         if self.discovery is not None:
             try:
                 await self.discovery.start()
@@ -79,7 +91,7 @@ def build_components(settings: Settings) -> Components:
     discovery = None
     if settings.discovery_enabled:
         discovery = Discovery(settings)
-    service = ImageService(settings, store, http, discovery)
+    service = ImageService(store, ModelRegistry(settings, http, discovery))
     jobs = JobManager(service, store, settings.job_stale_seconds)
     mcp = build_mcp(service, jobs, settings.inline_image_max_bytes, settings.public_url)
     return Components(settings, http, service, jobs, mcp, discovery)
@@ -93,17 +105,24 @@ def _route_label(scope: Scope) -> str:
     return f"{scope.get('method', '')} {path}"
 
 
+def error_response(exc: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The REST translation of every ServiceError: OpenAI's error shape, so OpenAI clients
+    surface `message`."""
+    if exc.retry_after:
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
+    return JSONResponse(
+        {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}},
+        status_code=exc.status,
+        headers=headers,
+    )
+
+
 class BodyTooLargeError(Exception):
     pass
 
 
 def _too_large() -> Response:
-    return error_response(
-        413,
-        f"Request body too large: at most {MAX_BODY_BYTES // (1024 * 1024)} MiB. Send smaller "
-        "images (or image ids returned by this server) and prompts.",
-        kind="request_too_large",
-    )
+    return error_response(RequestTooLargeError(MAX_BODY_BYTES))
 
 
 def _limited(receive: Receive) -> Receive:
@@ -166,10 +185,7 @@ class RequestMiddleware:
         try:
             if not self._authorized(scope):
                 response = error_response(
-                    401,
-                    "Missing or wrong bearer token: send 'Authorization: Bearer <token>' with "
-                    "the token configured in MCP_AUTH_TOKEN.",
-                    kind="unauthorized",
+                    UnauthorizedError(),
                     headers={"WWW-Authenticate": 'Bearer realm="diffusers-mcp"'},
                 )
                 await response(scope, receive, send_with_id)
@@ -240,13 +256,19 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.components = components
 
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc)
+
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_problem(exc)
-        return error_response(400, message, param=param)
+    async def invalid_request(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_problem(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
         # FastAPI's own rejections (a body it cannot parse, an unknown path) in the error shape
         # every other answer has, so OpenAI clients show the message.
         if isinstance(exc.__cause__, BodyTooLargeError):
@@ -257,7 +279,9 @@ def create_app(settings: Settings) -> FastAPI:
                 "Invalid request: the body could not be parsed as JSON (it must be UTF-8, "
                 "nested at most a few hundred levels, with numbers of sane size)."
             )
-        return error_response(exc.status_code, message, param="body", headers=exc.headers)
+        error = InvalidRequestError(message, param="body")
+        error.status = exc.status_code
+        return error_response(error, headers=exc.headers)
 
     app.include_router(build_router(components.service, settings.public_url))
 

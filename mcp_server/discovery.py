@@ -25,7 +25,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from mcp_server.settings import RuntimeTarget, Settings
 
@@ -51,6 +53,17 @@ def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+class Origin(BaseModel):
+    """Where a model comes from: static configuration, or an InferenceService (with whether
+    the list it comes from is stale)."""
+
+    source: Literal["static", "discovery"] = "static"
+    inference_service: str | None = None
+    stale: bool | None = None
+    stale_since: str | None = None
+    discovery_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,16 +341,16 @@ class Discovery:
     def models(self) -> list[DiscoveredModel]:
         return list(self._models.values())
 
-    def describe(self, model: DiscoveredModel) -> dict[str, Any]:
+    def origin(self, model: DiscoveredModel) -> Origin:
         """The discovery part of a model's entry in list_models."""
         state = self.states[model.namespace].describe()
-        return {
-            "source": "discovery",
-            "inference_service": f"{model.namespace}/{model.name}",
-            "stale": state["stale"],
-            "stale_since": state["stale_since"],
-            "discovery_error": state["error"],
-        }
+        return Origin(
+            source="discovery",
+            inference_service=f"{model.namespace}/{model.name}",
+            stale=state["stale"],
+            stale_since=state["stale_since"],
+            discovery_error=state["error"],
+        )
 
     def status(self) -> dict[str, Any]:
         """For list_models, the status resource and /ready."""

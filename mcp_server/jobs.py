@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
-from mcp_server.service import GenerationRequest, GenerationResult, ImageService, ServiceError
+from mcp_server.errors import JobNotFoundError, ServiceError
+from mcp_server.generation import GenerationRequest, GenerationResult
+from mcp_server.service import ImageService
 from mcp_server.store import Store, check_id, new_id
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,16 @@ class JobState(BaseModel):
     model: str
     step: int = Field(0, description="Denoising steps done so far.")
     total_steps: int | None = None
-    result: GenerationResult | None = Field(None, description="Set when status is succeeded.")
+    # Spelled out once, in generate_image's outputSchema: agents pay for every repetition.
+    result: Annotated[
+        GenerationResult | None,
+        WithJsonSchema({"type": ["object", "null"]}),
+        Field(description="Once succeeded: what generate_image returns."),
+    ] = None
     error: str | None = Field(None, description="Why the job failed, when it did.")
     created_at: float
     updated_at: float
     heartbeat_at: float
-
-
-class JobNotFoundError(LookupError):
-    pass
 
 
 class JobManager:
@@ -52,7 +55,7 @@ class JobManager:
 
     @staticmethod
     def _key(job_id: str) -> str:
-        return f"jobs/{check_id(job_id)}"
+        return f"jobs/{check_id(job_id, 'job_id')}"
 
     async def _save(self, state: JobState) -> None:
         state.updated_at = time.time()
@@ -61,22 +64,19 @@ class JobManager:
     async def _load(self, job_id: str) -> JobState:
         document = await self.store.get_json(self._key(job_id))
         if document is None:
-            raise JobNotFoundError(
-                f"No job {job_id!r}: it never existed or expired (jobs are kept "
-                f"{self.store.ttl_seconds} s). Start a new one with start_generation."
-            )
+            raise JobNotFoundError(job_id, self.store.ttl_seconds)
         return JobState.model_validate(document)
 
     async def start(
         self, request: GenerationRequest, *, request_id: str | None, base_url: str | None
     ) -> JobState:
         # Fail fast on an unknown model rather than inside the job.
-        self.service.client(request.model)
+        model = self.service.check_model(request.model)
         now = time.time()
         state = JobState(
             job_id=new_id(),
             status="queued",
-            model=request.model or self.service.default_model,
+            model=model,
             total_steps=request.num_inference_steps,
             created_at=now,
             updated_at=now,

@@ -1,32 +1,40 @@
-"""MCP tools, resources and prompts, all backed by the shared ImageService."""
+"""The MCP front end: tools, resources and prompts over the shared ImageService.
+
+Each tool is a method of `Tools`; `build_mcp` only registers them. Every tool goes through one
+wrapper (metrics, and a ServiceError becomes an `isError` result with its message), and the
+generation tools take the fields of the shared request models as their arguments.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
+import inspect
 import io
-import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from mcp_types import ToolAnnotations as Hints
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from mcp_server import metrics
-from mcp_server.jobs import JobManager, JobNotFoundError, JobState
-from mcp_server.logs import new_request_id, request_id_var
-from mcp_server.service import (
+from mcp_server.errors import NotFoundError, ServiceError
+from mcp_server.generation import (
+    MIME_TYPES,
+    EditRequest,
+    GenerationFields,
     GenerationRequest,
     GenerationResult,
-    ImageService,
-    OutputFormat,
-    ServiceError,
 )
-from mcp_server.store import MIME_TYPES, InvalidIdError, StoreUnavailableError
+from mcp_server.jobs import JobManager, JobState
+from mcp_server.logs import new_request_id, request_id_var
+from mcp_server.registry import ModelInfo
+from mcp_server.service import ImageService
 
 INSTRUCTIONS = """\
 Generates images with Hugging Face diffusers models served on KServe.
@@ -37,342 +45,72 @@ or cancelled. list_models shows the models, their limits and defaults. Results c
 inline image plus a resource_link (and, over HTTP, a URL) to the full image, which expires
 after a while. Pass the returned seed again to reproduce an image."""
 
-Prompt = Annotated[str, Field(min_length=1, description="What the image should show.")]
-Negative = Annotated[str | None, Field(description="What the image should not show.")]
-Width = Annotated[int | None, Field(ge=8, description="Width in pixels; runtime default if unset.")]
-Height = Annotated[
-    int | None, Field(ge=8, description="Height in pixels; runtime default if unset.")
-]
-Steps = Annotated[int | None, Field(ge=1, description="Denoising steps (more: slower, finer).")]
-Guidance = Annotated[
-    float | None, Field(ge=0, description="Prompt adherence, typically 3-9; default if unset.")
-]
-Seed = Annotated[int | None, Field(ge=0, description="Fix it to reproduce an image.")]
-Count = Annotated[int | None, Field(ge=1, description="Number of images (default 1).")]
-Scheduler = Annotated[str | None, Field(description="Scheduler name (see list_models).")]
-Format = Annotated[OutputFormat | None, Field(description="png (default), jpeg or webp.")]
-Model = Annotated[str | None, Field(description="Model name from list_models; default if unset.")]
-Source = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="The image to edit: an id, image:// URI or URL returned by this server, "
-        "or base64 PNG/JPEG/WebP data.",
-    ),
-]
-Mask = Annotated[
-    str | None,
-    Field(description="Inpainting mask, same forms as image: white areas are repainted."),
-]
-Strength = Annotated[
-    float | None, Field(gt=0, le=1, description="How much to change: 0.3 subtle, 0.8 heavy.")
-]
+JobId = Annotated[str, Field(description="From start_generation.")]
 
 
 class ModelList(BaseModel):
-    models: list[dict[str, Any]] = Field(
-        description="Each model: name, default, ready, runtime_url, capabilities or error; "
-        "source (static or discovery) and, for discovered ones, the InferenceService and "
-        "whether its listing is stale."
-    )
+    models: list[ModelInfo]
     discovery: dict[str, Any] | None = Field(
         None,
-        description="Model discovery: namespaces, when each was last listed, stale since "
-        "when and why; null when discovery is off.",
+        description="Namespaces, when each was last listed, stale since when and why; null "
+        "when discovery is off.",
     )
 
 
-def _preview(data: bytes, budget: int) -> tuple[bytes, str] | None:
-    """A JPEG no larger than `budget` bytes, shrinking until it fits."""
-    # Pillow is imported lazily: only previews of large images need it.
-    from PIL import Image
+class Tools:
+    """The six tools. Their docstrings are the descriptions agents read."""
 
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        side = max(image.size)
-        while side >= 16:
-            copy = image.copy()
-            copy.thumbnail((side, side))
-            buffer = io.BytesIO()
-            copy.save(buffer, format="JPEG", quality=75)
-            if buffer.tell() <= budget:
-                return buffer.getvalue(), "image/jpeg"
-            side //= 2
-    return None
+    def __init__(
+        self, service: ImageService, jobs: JobManager, inline_budget: int, public_url: str | None
+    ) -> None:
+        self.service = service
+        self.jobs = jobs
+        self.inline_budget = inline_budget
+        self.public_url = public_url
 
-
-async def image_blocks(
-    result: GenerationResult, blobs: list[bytes | None], budget: int
-) -> list[ContentBlock]:
-    """Per image: inline (or a preview) when its bytes are at hand, and always the link."""
-    blocks: list[ContentBlock] = []
-    for ref, data in zip(result.images, blobs, strict=True):
-        inline: tuple[bytes, str] | None = None
-        if data is not None and len(data) <= budget:
-            inline = (data, ref.mime_type)
-        elif data is not None and budget > 0:
-            inline = await asyncio.to_thread(_preview, data, budget)
-        if inline is not None:
-            blocks.append(
-                ImageContent(data=base64.b64encode(inline[0]).decode(), mime_type=inline[1])
-            )
-        is_preview = inline is not None and inline[0] is not data
-        blocks.append(
-            ResourceLink(
-                uri=ref.uri,
-                name=f"image-{ref.id}",
-                title="Full-size generated image"
-                + (" (the inline image is a downscaled preview)" if is_preview else ""),
-                mime_type=ref.mime_type,
-                size=ref.size_bytes,
-                description=f"Full image; also at {ref.url}" if ref.url else "Full image",
-            )
-        )
-    return blocks
-
-
-def summary(result: GenerationResult) -> str:
-    links = ", ".join(ref.url or ref.uri for ref in result.images)
-    seconds = (result.timings.total_ms or 0) / 1000
-    return (
-        f"Generated {len(result.images)} image(s) with model {result.model!r}: "
-        f"{result.width}x{result.height}, {result.num_inference_steps} steps, "
-        f"guidance {result.guidance_scale}, seed {result.seed} ({seconds:.1f} s). "
-        f"Full image(s): {links}"
-    )
-
-
-def _request_id() -> str:
-    """Over HTTP the request middleware has set it (from X-Request-ID or minted); over stdio
-    each tool call gets its own."""
-    request_id = request_id_var.get() or new_request_id()
-    request_id_var.set(request_id)
-    return request_id
-
-
-@contextlib.contextmanager
-def _observe(tool: str) -> Iterator[None]:
-    outcome = "error"
-    try:
-        yield
-        outcome = "ok"
-    except asyncio.CancelledError:
-        outcome = "cancelled"
-        raise
-    finally:
-        metrics.TOOL_CALLS.labels(tool, outcome).inc()
-
-
-def _request(**fields: Any) -> GenerationRequest:
-    try:
-        return GenerationRequest(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ToolError(f"Invalid arguments: {problems}") from None
-
-
-def build_mcp(
-    service: ImageService, jobs: JobManager, inline_budget: int, public_url: str | None
-) -> MCPServer:
-    mcp = MCPServer("diffusers-mcp", instructions=INSTRUCTIONS, version="0.1.0")
-
-    def base_url(ctx: Context) -> str | None:
-        if public_url:
-            return public_url
-        request = ctx.request_context.request
-        url = getattr(request, "base_url", None)
-        return str(url).rstrip("/") if url is not None else None
-
-    @mcp.tool(
-        annotations=Hints(
-            title="Generate image",
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=False,
-        )
-    )
     async def generate_image(
-        ctx: Context,
-        prompt: Prompt,
-        negative_prompt: Negative = None,
-        width: Width = None,
-        height: Height = None,
-        num_inference_steps: Steps = None,
-        guidance_scale: Guidance = None,
-        seed: Seed = None,
-        num_images: Count = None,
-        scheduler: Scheduler = None,
-        output_format: Format = None,
-        model: Model = None,
+        self, ctx: Context, request: GenerationRequest
     ) -> Annotated[CallToolResult, GenerationResult]:
-        """Generate new images from a text prompt and wait for them (progress per denoising
-        step). Returns a small inline image, a resource_link to the full image and the
-        parameters used (seed included, to reproduce it). To change an image that already
-        exists while keeping its composition, use edit_image instead."""
-        with _observe("generate_image"):
-            request = _request(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                width=width,
-                height=height,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                seed=seed,
-                num_images=num_images,
-                scheduler=scheduler,
-                output_format=output_format,
-                model=model,
-            )
-            return await run_generation(ctx, request, "generate_image")
+        """Generate new images from a text prompt and wait (progress per denoising step).
+        Returns a small inline image, a resource_link to the full image and the parameters
+        used (the seed reproduces it). To change an existing image, use edit_image."""
+        return await self._generate(ctx, request, "generate_image")
 
-    @mcp.tool(
-        annotations=Hints(
-            title="Edit image",
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=False,
-        )
-    )
     async def edit_image(
-        ctx: Context,
-        prompt: Prompt,
-        image: Source,
-        mask_image: Mask = None,
-        strength: Strength = None,
-        negative_prompt: Negative = None,
-        width: Width = None,
-        height: Height = None,
-        num_inference_steps: Steps = None,
-        guidance_scale: Guidance = None,
-        seed: Seed = None,
-        num_images: Count = None,
-        scheduler: Scheduler = None,
-        output_format: Format = None,
-        model: Model = None,
+        self, ctx: Context, request: GenerationRequest
     ) -> Annotated[CallToolResult, GenerationResult]:
-        """Change an existing image following a prompt (image-to-image), or repaint only the
-        masked part (inpainting). Returns the same result as generate_image; the original is
-        kept."""
-        with _observe("edit_image"):
-            request = _request(
-                prompt=prompt,
-                image=image,
-                mask_image=mask_image,
-                strength=strength,
-                negative_prompt=negative_prompt,
-                width=width,
-                height=height,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                seed=seed,
-                num_images=num_images,
-                scheduler=scheduler,
-                output_format=output_format,
-                model=model,
-            )
-            return await run_generation(ctx, request, "edit_image")
+        """Rework an existing image following a prompt (image-to-image), or repaint only the
+        masked part (inpainting). Same result as generate_image; the original is kept."""
+        return await self._generate(ctx, request, "edit_image")
 
-    async def run_generation(
-        ctx: Context, request: GenerationRequest, entry: str
-    ) -> CallToolResult:
-        async def progress(step: int, total: int) -> None:
-            await ctx.report_progress(step, total, f"denoising step {step}/{total}")
-
-        try:
-            result, blobs = await service.generate(
-                request,
-                entry=entry,
-                request_id=_request_id(),
-                on_progress=progress,
-                base_url=base_url(ctx),
-            )
-        except ServiceError as exc:
-            raise ToolError(str(exc)) from None
-        blocks = await image_blocks(result, blobs, inline_budget)
-        return CallToolResult(
-            content=[TextContent(text=summary(result)), *blocks],
-            structured_content=result.model_dump(mode="json"),
+    async def list_models(self) -> ModelList:
+        """Every model: its name (pass it as `model`), whether it is ready, its limits (max
+        pixels, steps, images per request), defaults and schedulers."""
+        return ModelList(
+            models=await self.service.models(), discovery=self.service.discovery_status()
         )
 
-    @mcp.tool(
-        annotations=Hints(
-            title="List models",
-            read_only_hint=True,
-            idempotent_hint=True,
-            open_world_hint=False,
+    async def start_generation(self, ctx: Context, request: GenerationRequest) -> JobState:
+        """Start a generation (with `image`, an edit) in the background and return its job id
+        at once, for tool-call timeouts shorter than a generation; then call get_generation."""
+        return await self.jobs.start(
+            request, request_id=_request_id(), base_url=self._base_url(ctx)
         )
-    )
-    async def list_models() -> ModelList:
-        """Every configured model: its name (pass it as `model`), whether it is ready, its
-        limits (max pixels, steps, images per request), defaults and schedulers."""
-        with _observe("list_models"):
-            return ModelList(models=await service.models(), discovery=service.discovery_status())
 
-    @mcp.tool(
-        annotations=Hints(
-            title="Start an image generation job",
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=False,
-        )
-    )
-    async def start_generation(
-        ctx: Context,
-        prompt: Prompt,
-        negative_prompt: Negative = None,
-        width: Width = None,
-        height: Height = None,
-        num_inference_steps: Steps = None,
-        guidance_scale: Guidance = None,
-        seed: Seed = None,
-        num_images: Count = None,
-        scheduler: Scheduler = None,
-        output_format: Format = None,
-        model: Model = None,
-        image: Annotated[
-            str | None, Field(description="Set to edit an image instead (see edit_image).")
-        ] = None,
-        mask_image: Mask = None,
-        strength: Strength = None,
-    ) -> JobState:
-        """Start a generation (or, with `image`, an edit) in the background and return its
-        job id at once. Use it when your tool-call timeout is shorter than a generation; then
-        call get_generation."""
-        with _observe("start_generation"):
-            request = _request(
-                prompt=prompt,
-                image=image,
-                mask_image=mask_image,
-                strength=strength,
-                negative_prompt=negative_prompt,
-                width=width,
-                height=height,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                seed=seed,
-                num_images=num_images,
-                scheduler=scheduler,
-                output_format=output_format,
-                model=model,
-            )
-            try:
-                return await jobs.start(request, request_id=_request_id(), base_url=base_url(ctx))
-            except (ServiceError, StoreUnavailableError) as exc:
-                raise ToolError(str(exc)) from None
-
-    async def _job_result(state: JobState) -> CallToolResult:
+    async def get_generation(
+        self,
+        job_id: JobId,
+        wait_seconds: Annotated[
+            float, Field(ge=0, le=300, description="Wait up to this long for the end.")
+        ] = 0,
+    ) -> Annotated[CallToolResult, JobState]:
+        """A job's status and progress; once succeeded, the same result as generate_image.
+        Keep wait_seconds below your tool-call timeout."""
+        state = await self.jobs.get(job_id, wait_seconds)
         blocks: list[ContentBlock] = []
         if state.status == "succeeded" and state.result is not None:
-            blobs: list[bytes | None] = []
-            for ref in state.result.images:
-                stored = await service.store.get_image(ref.id)
-                blobs.append(stored.data if stored else None)
-            blocks = await image_blocks(state.result, blobs, inline_budget)
+            blobs = [await self._stored(ref.id) for ref in state.result.images]
+            blocks = await self._image_blocks(state.result, blobs)
             text = summary(state.result)
         elif state.status in ("queued", "running"):
             text = (
@@ -386,51 +124,259 @@ def build_mcp(
             structured_content=state.model_dump(mode="json"),
         )
 
-    @mcp.tool(
-        annotations=Hints(
-            title="Get a generation job",
-            read_only_hint=True,
-            idempotent_hint=True,
-            open_world_hint=False,
-        )
-    )
-    async def get_generation(
-        job_id: Annotated[str, Field(description="The job id from start_generation.")],
-        wait_seconds: Annotated[
-            float,
-            Field(ge=0, le=300, description="Wait up to this long for the job to finish."),
-        ] = 0,
-    ) -> Annotated[CallToolResult, JobState]:
-        """Status and progress of a job; when it succeeded, the same result as generate_image.
-        Keep wait_seconds below your tool-call timeout."""
-        with _observe("get_generation"):
-            try:
-                return await _job_result(await jobs.get(job_id, wait_seconds))
-            except (JobNotFoundError, InvalidIdError, StoreUnavailableError) as exc:
-                raise ToolError(str(exc)) from None
+    async def cancel_generation(self, job_id: JobId) -> JobState:
+        """Stop a job (the runtime stops within one denoising step). A finished job is
+        returned unchanged."""
+        return await self.jobs.cancel(job_id)
 
-    @mcp.tool(
-        annotations=Hints(
-            title="Cancel a generation job",
-            read_only_hint=False,
-            destructive_hint=True,
-            idempotent_hint=True,
-            open_world_hint=False,
+    async def _generate(
+        self, ctx: Context, request: GenerationRequest, entry: str
+    ) -> CallToolResult:
+        async def progress(step: int, total: int) -> None:
+            await ctx.report_progress(step, total, f"denoising step {step}/{total}")
+
+        result, blobs = await self.service.generate(
+            request,
+            entry=entry,
+            request_id=_request_id(),
+            on_progress=progress,
+            base_url=self._base_url(ctx),
         )
+        blocks = await self._image_blocks(result, list(blobs))
+        return CallToolResult(
+            content=[TextContent(text=summary(result)), *blocks],
+            structured_content=result.model_dump(mode="json"),
+        )
+
+    def _base_url(self, ctx: Context) -> str | None:
+        if self.public_url:
+            return self.public_url
+        url = getattr(ctx.request_context.request, "base_url", None)
+        return str(url).rstrip("/") if url is not None else None
+
+    async def _stored(self, image_id: str) -> bytes | None:
+        """The bytes for an inline copy; a result whose image expired still has its text."""
+        try:
+            return (await self.service.read_image(image_id)).data
+        except NotFoundError:
+            return None
+
+    async def _image_blocks(
+        self, result: GenerationResult, blobs: list[bytes | None]
+    ) -> list[ContentBlock]:
+        """Per image: inline (or a preview) when its bytes are at hand, and always the link."""
+        budget = self.inline_budget
+        blocks: list[ContentBlock] = []
+        for ref, data in zip(result.images, blobs, strict=True):
+            inline: tuple[bytes, str] | None = None
+            if data is not None and len(data) <= budget:
+                inline = (data, ref.mime_type)
+            elif data is not None and budget > 0:
+                inline = await asyncio.to_thread(_preview, data, budget)
+            if inline is not None:
+                encoded = base64.b64encode(inline[0]).decode()
+                blocks.append(ImageContent(data=encoded, mime_type=inline[1]))
+            is_preview = inline is not None and inline[0] is not data
+            blocks.append(
+                ResourceLink(
+                    uri=ref.uri,
+                    name=f"image-{ref.id}",
+                    title="Full-size generated image"
+                    + (" (the inline image is a downscaled preview)" if is_preview else ""),
+                    mime_type=ref.mime_type,
+                    size=ref.size_bytes,
+                    description=f"Full image; also at {ref.url}" if ref.url else "Full image",
+                )
+            )
+        return blocks
+
+
+def summary(result: GenerationResult) -> str:
+    links = ", ".join(ref.url or ref.uri for ref in result.images)
+    seconds = (result.timings.total_ms or 0) / 1000
+    return (
+        f"Generated {len(result.images)} image(s) with model {result.model!r}: "
+        f"{result.width}x{result.height}, {result.num_inference_steps} steps, "
+        f"guidance {result.guidance_scale}, seed {result.seed} ({seconds:.1f} s). "
+        f"Full image(s): {links}"
     )
-    async def cancel_generation(
-        job_id: Annotated[str, Field(description="The job id from start_generation.")],
-    ) -> JobState:
-        """Stop a running job (the runtime stops within one denoising step). A finished job
-        is returned unchanged."""
-        with _observe("cancel_generation"):
-            try:
-                return await jobs.cancel(job_id)
-            except (JobNotFoundError, InvalidIdError, StoreUnavailableError) as exc:
-                raise ToolError(str(exc)) from None
+
+
+def _preview(data: bytes, budget: int) -> tuple[bytes, str] | None:
+    """A JPEG no larger than `budget` bytes, shrinking until it fits."""
+    # Pillow is imported lazily: only previews of large images need it.
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB")
+    side = max(rgb.size)
+    while side >= 16:
+        copy = rgb.copy()
+        copy.thumbnail((side, side))
+        buffer = io.BytesIO()
+        copy.save(buffer, format="JPEG", quality=75)
+        if buffer.tell() <= budget:
+            return buffer.getvalue(), "image/jpeg"
+        side //= 2
+    return None
+
+
+def _request_id() -> str:
+    """Over HTTP the request middleware has set it (from X-Request-ID or minted); over stdio
+    each tool call gets its own."""
+    request_id = request_id_var.get() or new_request_id()
+    request_id_var.set(request_id)
+    return request_id
+
+
+def build_mcp(
+    service: ImageService, jobs: JobManager, inline_budget: int, public_url: str | None
+) -> MCPServer:
+    tools = Tools(service, jobs, inline_budget, public_url)
+    # Hints say what a client may assume: nothing here reaches outside this service.
+    writes = Hints(read_only_hint=False, destructive_hint=False, idempotent_hint=False)
+    reads = Hints(read_only_hint=True, idempotent_hint=True)
+    mcp = MCPServer(
+        "diffusers-mcp",
+        instructions=INSTRUCTIONS,
+        version="0.1.0",
+        tools=[
+            _tool(tools.generate_image, "Generate image", writes, GenerationFields),
+            _tool(tools.edit_image, "Edit image", writes, EditRequest),
+            _tool(tools.list_models, "List models", reads),
+            _tool(
+                tools.start_generation, "Start an image generation job", writes, GenerationRequest
+            ),
+            _tool(tools.get_generation, "Get a generation job", reads),
+            _tool(
+                tools.cancel_generation,
+                "Cancel a generation job",
+                Hints(read_only_hint=False, destructive_hint=True, idempotent_hint=True),
+            ),
+        ],
+    )
+    _register_resources(mcp, service)
+    _register_prompts(mcp)
+    return mcp
+
+
+def _tool(
+    handler: Callable[..., Awaitable[Any]],
+    title: str,
+    hints: Hints,
+    arguments: type[BaseModel] | None = None,
+) -> Tool:
+    """HANDLER as a tool: guarded, its arguments ARGUMENTS' fields when given (top level, as
+    agents expect, built into a GenerationRequest), its schemas compact."""
+    name = handler.__name__
+    guarded = _guarded(name, handler)
+    function = guarded if arguments is None else _flat(guarded, arguments)
+    tool = Tool.from_function(
+        function,
+        name=name,
+        description=" ".join((handler.__doc__ or "").split()),
+        annotations=hints.model_copy(update={"title": title, "open_world_hint": False}),
+    )
+    # Validation uses the argument and output models, never these published schemas: they
+    # can be as compact as an agent's context wants.
+    tool.parameters = compact_schema(tool.parameters, nullable=False)
+    if tool.fn_metadata.output_schema is not None:
+        tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema)
+    return tool
+
+
+def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The one translation of errors for MCP: a ServiceError's message is the tool error."""
+
+    @functools.wraps(handler)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        outcome = "error"
+        try:
+            result = await handler(*args, **kwargs)
+            outcome = "ok"
+            return result
+        except ServiceError as exc:
+            raise ToolError(str(exc)) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.TOOL_CALLS.labels(name, outcome).inc()
+
+    return guarded
+
+
+def _flat(
+    handler: Callable[..., Awaitable[Any]], arguments: type[BaseModel]
+) -> Callable[..., Awaitable[Any]]:
+    """HANDLER(ctx, request) as a function whose parameters are ARGUMENTS' fields."""
+
+    async def tool(ctx: Context, **fields: Any) -> Any:
+        return await handler(ctx, GenerationRequest(**fields))
+
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[
+                (field.annotation, *field.metadata, Field(description=field.description))
+            ],
+            default=inspect.Parameter.empty if field.is_required() else field.default,
+        )
+        for name, field in arguments.model_fields.items()
+    ]
+    returns = inspect.signature(handler, eval_str=True).return_annotation
+    # The SDK reads a tool's parameters from its signature.
+    tool.__signature__ = inspect.Signature([context, *parameters], return_annotation=returns)  # type: ignore[attr-defined]
+    return tool
+
+
+def compact_schema(node: Any, *, nullable: bool = True) -> Any:
+    """A JSON schema without what an agent pays for and never needs: generated titles, the
+    defaults `default: null` and `additionalProperties: true`, and `anyOf` with null (an
+    optional argument is simply left out; a nullable value becomes `"type": [T, "null"]`)."""
+    if isinstance(node, list):
+        return [compact_schema(item, nullable=nullable) for item in node]
+    if not isinstance(node, dict):
+        return node
+    compact: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            compact[key] = {
+                field: compact_schema(schema, nullable=nullable) for field, schema in value.items()
+            }
+        elif key == "title" or (key, value) in (("default", None), ("additionalProperties", True)):
+            continue
+        else:
+            compact[key] = compact_schema(value, nullable=nullable)
+    options = compact.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [option for option in options if option != {"type": "null"}]
+        if not nullable:
+            del compact["anyOf"]
+            compact = {**other, **compact}
+        elif isinstance(other.get("type"), str) and "enum" not in other:
+            del compact["anyOf"]
+            compact = {**other, **compact, "type": [other["type"], "null"]}
+    return compact
+
+
+def _register_resources(mcp: MCPServer, service: ImageService) -> None:
+    async def read_image(image_id: str) -> bytes:
+        try:
+            return (await service.read_image(image_id)).data
+        except ServiceError as exc:
+            raise ResourceError(str(exc)) from None
 
     for extension, mime_type in MIME_TYPES.items():
-        _register_image_resource(mcp, service, extension, mime_type)
+        mcp.resource(
+            f"image://generated/{{image_id}}.{extension}",
+            name=f"generated-{extension}",
+            title=f"Generated image ({extension})",
+            description="A full-size image returned by generate_image or get_generation.",
+            mime_type=mime_type,
+        )(read_image)
 
     @mcp.resource(
         "diffusers://models",
@@ -439,10 +385,9 @@ def build_mcp(
         description="The configured models with readiness, limits and defaults.",
         mime_type="application/json",
     )
-    async def models_resource() -> str:
-        return json.dumps(
-            {"models": await service.models(), "discovery": service.discovery_status()}, indent=2
-        )
+    async def models() -> str:
+        listing = ModelList(models=await service.models(), discovery=service.discovery_status())
+        return listing.model_dump_json(indent=2, exclude_none=True)
 
     @mcp.resource(
         "diffusers://status",
@@ -451,41 +396,8 @@ def build_mcp(
         description="Readiness of each runtime and how busy this server is.",
         mime_type="application/json",
     )
-    async def status_resource() -> str:
-        ready, runtimes = await service.ready()
-        for entry in runtimes:
-            entry["waiting"] = service.limiters[entry["model"]].waiting
-        return json.dumps(
-            {"ready": ready, "runtimes": runtimes, "discovery": service.discovery_status()},
-            indent=2,
-        )
-
-    _register_prompts(mcp)
-    return mcp
-
-
-def _register_image_resource(
-    mcp: MCPServer, service: ImageService, extension: str, mime_type: str
-) -> None:
-    async def read_image(image_id: str) -> bytes:
-        try:
-            stored = await service.store.get_image(image_id)
-        except (InvalidIdError, StoreUnavailableError) as exc:
-            raise ResourceError(str(exc)) from None
-        if stored is None:
-            raise ResourceError(
-                f"Image {image_id!r} does not exist or has expired (images are kept "
-                f"{service.store.ttl_seconds} s); generate it again (same seed, same image)."
-            )
-        return stored.data
-
-    mcp.resource(
-        f"image://generated/{{image_id}}.{extension}",
-        name=f"generated-{extension}",
-        title=f"Generated image ({extension})",
-        description="A full-size image returned by generate_image or get_generation.",
-        mime_type=mime_type,
-    )(read_image)
+    async def status() -> str:
+        return (await service.status()).model_dump_json(indent=2)
 
 
 def _register_prompts(mcp: MCPServer) -> None:

@@ -1,4 +1,7 @@
-"""REST routes: the OpenAI-compatible Images API, stored images, models, health."""
+"""The REST front end: the OpenAI-compatible Images API, stored images, models, health.
+
+Routes raise ServiceError; the app's one exception handler turns it into OpenAI's error shape.
+"""
 
 from __future__ import annotations
 
@@ -8,93 +11,81 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcp_server.logs import request_id_var
-from mcp_server.service import (
+from mcp_server.errors import InvalidRequestError, ServiceError
+from mcp_server.generation import (
+    EditFields,
     GenerationRequest,
     ImageRef,
-    ImageService,
     OutputFormat,
-    ServiceError,
+    PromptFields,
+    Strength,
     Timings,
 )
-from mcp_server.store import ID_PATTERN, InvalidIdError, StoreUnavailableError
+from mcp_server.logs import request_id_var
+from mcp_server.service import ImageService
+from mcp_server.store import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """The OpenAI error shape, so OpenAI clients surface `message`."""
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": kind}},
-        status_code=status,
-        headers=headers,
-    )
+def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
+    """One error naming every bad field; the first one is OpenAI's `param`."""
+    parts, first = [], None
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        first = first or field
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return InvalidRequestError("Invalid request: " + "; ".join(parts), param=first)
 
 
-def service_error_response(exc: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return error_response(exc.status, str(exc), kind=exc.kind, headers=headers)
+class OpenAIFields(BaseModel):
+    """What OpenAI's Images API names its own way, and its extras."""
 
-
-class ImageGenerationRequest(BaseModel):
-    """OpenAI's `POST /v1/images/generations` body plus the runtime's own fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1)
     n: int = Field(1, ge=1, description="Number of images.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
     response_format: Literal["url", "b64_json"] = "url"
-    model: str | None = None
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
-    seed: int | None = Field(None, ge=0)
-    scheduler: str | None = None
-    output_format: OutputFormat | None = None
-    image: str | None = Field(None, description="Source image id, URL or base64 for an edit.")
-    mask_image: str | None = Field(None, description="Inpainting mask, like image.")
-    strength: float | None = Field(None, gt=0, le=1)
 
-    def to_generation(self) -> GenerationRequest:
+    def generation(self, **edit: str | None) -> GenerationRequest:
+        """The service's request: our fields as they are, OpenAI's translated."""
         width = height = None
         if self.size is not None and self.size != "auto":
             match = SIZE.match(self.size)
             if not match:
-                raise ValueError(f'size must look like "512x512" (WIDTHxHEIGHT), not {self.size!r}')
+                raise InvalidRequestError(
+                    f'size must look like "512x512" (WIDTHxHEIGHT), not {self.size!r}',
+                    param="size",
+                )
             width, height = int(match[1]), int(match[2])
-        return GenerationRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            width=width,
-            height=height,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            seed=self.seed,
-            num_images=self.n,
-            scheduler=self.scheduler,
-            output_format=self.output_format,
-            model=self.model,
-            image=self.image,
-            mask_image=self.mask_image,
-            strength=self.strength,
-        )
+        ours = self.model_dump(exclude=set(OpenAIFields.model_fields)) | edit
+        try:
+            return GenerationRequest(**ours, width=width, height=height, num_images=self.n)
+        except ValidationError as exc:
+            raise validation_problem(exc.errors()) from None
+
+
+class ImageGenerationRequest(OpenAIFields, EditFields, PromptFields):
+    """OpenAI's `POST /v1/images/generations` body plus the runtime's own fields."""
+
+
+class ImageEditForm(OpenAIFields, PromptFields):
+    """OpenAI's `POST /v1/images/edits` form fields (the images come as files)."""
+
+    # FastAPI validates the whole form against this model, the file parts included.
+    model_config = ConfigDict(extra="ignore")
+
+    strength: Strength = None
 
 
 class ImageData(BaseModel):
@@ -142,59 +133,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def validation_problem(exc: ValidationError | Any) -> tuple[str, str | None]:
-    """One message naming every bad field, and the first field for OpenAI's `param`."""
-    errors = exc.errors()
-    parts, first = [], None
-    for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
-        first = first or field
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{field}: {message}")
-    return "Invalid request: " + "; ".join(parts), first
+class Routes:
+    def __init__(self, service: ImageService, public_url: str | None) -> None:
+        self.service = service
+        self.public_url = public_url
 
+    async def generate(self, body: ImageGenerationRequest, request: Request) -> Any:
+        return await self._serve(body, body.generation(), request, "POST /v1/images/generations")
 
-async def _disconnected(request: Request) -> None:
-    """Return when the client hangs up. The body is already read, so the next ASGI message
-    can only be the disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def public_base(request: Request, public_url: str | None) -> str:
-    return public_url or str(request.base_url).rstrip("/")
-
-
-async def _upload_b64(upload: UploadFile | None) -> str | None:
-    return base64.b64encode(await upload.read()).decode() if upload is not None else None
-
-
-def build_router(service: ImageService, public_url: str | None) -> APIRouter:
-    router = APIRouter()
-
-    @router.post(
-        "/v1/images/generations",
-        tags=["images"],
-        summary="Generate images (OpenAI Images API)",
-        response_model=ImagesResponse,
-        response_model_exclude_none=True,
-        responses=ERRORS,
-    )
-    async def generate(body: ImageGenerationRequest, request: Request) -> Any:
-        return await serve(body, request, "POST /v1/images/generations")
-
-    @router.post(
-        "/v1/images/edits",
-        tags=["images"],
-        summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
-        response_model=ImagesResponse,
-        response_model_exclude_none=True,
-        responses=ERRORS,
-    )
     async def edit(
+        self,
         request: Request,
-        prompt: Annotated[str, Form(min_length=1)],
+        form: Annotated[ImageEditForm, Form()],
         image: Annotated[UploadFile | None, File(description="PNG, JPEG or WebP to edit.")] = None,
         images: Annotated[
             list[UploadFile] | None,
@@ -204,58 +154,69 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             UploadFile | None,
             File(description="Same size as the image; transparent (or white) = repaint."),
         ] = None,
-        n: Annotated[int, Form(ge=1)] = 1,
-        size: Annotated[str | None, Form()] = None,
-        response_format: Annotated[Literal["url", "b64_json"], Form()] = "url",
-        model: Annotated[str | None, Form()] = None,
-        user: Annotated[str | None, Form()] = None,
-        negative_prompt: Annotated[str | None, Form()] = None,
-        strength: Annotated[float | None, Form(gt=0, le=1)] = None,
-        num_inference_steps: Annotated[int | None, Form(ge=1)] = None,
-        guidance_scale: Annotated[float | None, Form(ge=0)] = None,
-        seed: Annotated[int | None, Form(ge=0)] = None,
-        scheduler: Annotated[str | None, Form()] = None,
-        output_format: Annotated[OutputFormat | None, Form()] = None,
     ) -> Any:
         source = image or (images[0] if images else None)
         if source is None:
-            return error_response(
-                400, "image: required; send the image to edit as a multipart file", param="image"
+            raise InvalidRequestError(
+                "image: required; send the image to edit as a multipart file", param="image"
             )
-        body = ImageGenerationRequest(
-            prompt=prompt,
-            n=n,
-            size=size,
-            response_format=response_format,
-            model=model,
-            user=user,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            scheduler=scheduler,
-            output_format=output_format,
-            image=await _upload_b64(source),
-            mask_image=await _upload_b64(mask),
-            strength=strength,
-        )
-        return await serve(body, request, "POST /v1/images/edits")
+        generation = form.generation(image=await _b64(source), mask_image=await _b64(mask))
+        return await self._serve(form, generation, request, "POST /v1/images/edits")
 
-    async def serve(body: ImageGenerationRequest, request: Request, entry: str) -> Any:
-        try:
-            generation = body.to_generation()
-        except (ValueError, ValidationError) as exc:
-            if isinstance(exc, ValidationError):
-                message, param = validation_problem(exc)
-            else:
-                message, param = str(exc), "size"
-            return error_response(400, message, param=param)
+    async def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": info.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "diffusers",
+                    **info.model_dump(exclude_none=True),
+                }
+                for info in await self.service.models()
+            ],
+            "discovery": self.service.discovery_status(),
+        }
+
+    async def image(
+        self,
+        # Documented, but checked by the store, whose message says what a valid id looks like.
+        image_id: Annotated[
+            str,
+            Path(json_schema_extra={"pattern": ID_PATTERN.pattern}, description="From a result."),
+        ],
+    ) -> Response:
+        stored = await self.service.read_image(image_id)
+        return Response(
+            stored.data,
+            media_type=stored.mime_type,
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
+    async def health(
+        self,
+        details: Annotated[
+            bool, Query(description="Add each runtime's readiness and discovery's state.")
+        ] = False,
+    ) -> dict[str, Any]:
+        if not details:
+            return {"status": "ok"}
+        return {"status": "ok", **(await self.service.status()).model_dump()}
+
+    async def ready(self) -> dict[str, bool]:
+        await self.service.check_ready()
+        return {"ready": True}
+
+    async def _serve(
+        self, body: OpenAIFields, generation: GenerationRequest, request: Request, entry: str
+    ) -> Any:
         work = asyncio.ensure_future(
-            service.generate(
+            self.service.generate(
                 generation,
                 entry=entry,
                 request_id=request_id_var.get(),
-                base_url=public_base(request, public_url),
+                base_url=self.public_url or str(request.base_url).rstrip("/"),
             )
         )
         # Starlette does not cancel an endpoint whose client went away (an SDK timeout, a
@@ -271,10 +232,7 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
                 await work
             log.info("client disconnected; generation cancelled")
             return Response(status_code=499)
-        try:
-            result, blobs = work.result()
-        except ServiceError as exc:
-            return service_error_response(exc)
+        result, blobs = work.result()
         if body.response_format == "b64_json":
             data = [ImageData(b64_json=base64.b64encode(blob).decode()) for blob in blobs]
         else:
@@ -282,7 +240,7 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
         return ImagesResponse(
             created=int(time.time()),
             data=data,
-            output_format=body.output_format or "png",
+            output_format=generation.output_format or "png",
             size=f"{result.width}x{result.height}",
             model=result.model,
             seed=result.seed,
@@ -292,19 +250,44 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             timings=result.timings,
         )
 
-    @router.get("/v1/models", tags=["models"], summary="List models (OpenAI shape)")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": m["name"], "object": "model", "created": 0, "owned_by": "diffusers", **m}
-                for m in await service.models()
-            ],
-            "discovery": service.discovery_status(),
-        }
 
-    @router.get(
+async def _disconnected(request: Request) -> None:
+    """Return when the client hangs up. The body is already read, so the next ASGI message
+    can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _b64(upload: UploadFile | None) -> str | None:
+    return base64.b64encode(await upload.read()).decode() if upload is not None else None
+
+
+def build_router(service: ImageService, public_url: str | None) -> APIRouter:
+    routes = Routes(service, public_url)
+    images = {"tags": ["images"], "response_model": ImagesResponse, "responses": ERRORS}
+    router = APIRouter()
+    router.add_api_route(
+        "/v1/images/generations",
+        routes.generate,
+        methods=["POST"],
+        summary="Generate images (OpenAI Images API)",
+        response_model_exclude_none=True,
+        **images,
+    )
+    router.add_api_route(
+        "/v1/images/edits",
+        routes.edit,
+        methods=["POST"],
+        summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
+        response_model_exclude_none=True,
+        **images,
+    )
+    router.add_api_route(
+        "/v1/models", routes.models, tags=["models"], summary="List models (OpenAI shape)"
+    )
+    router.add_api_route(
         "/v1/images/{image_id}",
+        routes.image,
         tags=["images"],
         summary="Download a stored image",
         responses={
@@ -313,42 +296,12 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             404: {"model": ErrorResponse, "description": "Unknown or expired image"},
         },
     )
-    async def image(
-        # Documented, but checked by the store, whose message says what a valid id looks like.
-        image_id: Annotated[
-            str,
-            Path(json_schema_extra={"pattern": ID_PATTERN.pattern}, description="From a result."),
-        ],
-    ) -> Response:
-        try:
-            stored = await service.store.get_image(image_id)
-        except InvalidIdError as exc:
-            return error_response(400, str(exc), param="image_id")
-        except StoreUnavailableError as exc:
-            return error_response(503, str(exc), kind="store_unavailable")
-        if stored is None:
-            return error_response(
-                404,
-                f"Image {image_id!r} does not exist or has expired (images are kept "
-                f"{service.store.ttl_seconds} s); generate it again.",
-                kind="not_found",
-            )
-        return Response(
-            stored.data,
-            media_type=stored.mime_type,
-            headers={"Cache-Control": "private, max-age=3600"},
-        )
-
-    @router.get("/health", tags=["health"], summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @router.get("/ready", tags=["health"], summary="Readiness: every runtime's model is ready")
-    async def ready() -> JSONResponse:
-        ok, runtimes = await service.ready()
-        return JSONResponse(
-            {"ready": ok, "runtimes": runtimes, "discovery": service.discovery_status()},
-            status_code=200 if ok else 503,
-        )
-
+    router.add_api_route("/health", routes.health, tags=["health"], summary="Liveness")
+    router.add_api_route(
+        "/ready",
+        routes.ready,
+        tags=["health"],
+        summary="Readiness of this server: its image store answers (not the runtimes')",
+        responses={503: {"model": ErrorResponse, "description": "The image store fails"}},
+    )
     return router

@@ -1,5 +1,5 @@
 """HTTP client of one diffusers runtime: every failure becomes a RuntimeCallError that says
-which runtime, what failed and what to check."""
+which runtime, what failed and what to check; its `code` says how it failed."""
 
 from __future__ import annotations
 
@@ -12,26 +12,10 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from mcp_server.errors import RuntimeCallError, RuntimeRejectedError
 from mcp_server.settings import RuntimeTarget
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
-
-
-class RuntimeCallError(Exception):
-    """A call to the runtime failed. `kind` labels metrics; `status` is the HTTP status a
-    REST client should get."""
-
-    def __init__(self, message: str, *, kind: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-
-class InvalidRequestError(RuntimeCallError):
-    """The runtime rejected the request itself (HTTP 400); the message names the field."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, kind="invalid_request", status=400)
 
 
 def _is_dns_failure(exc: BaseException) -> bool:
@@ -70,7 +54,7 @@ class RuntimeClient:
     def url(self) -> str:
         return self.target.url
 
-    def _model_url(self, suffix: str = "") -> str:
+    def model_url(self, suffix: str = "") -> str:
         return f"{self.target.url}/v1/models/{self.target.model_id}{suffix}"
 
     def _timeout(self, total: float) -> httpx.Timeout:
@@ -92,7 +76,7 @@ class RuntimeClient:
                 f"while {what}; "
                 f"{self._check_hint()}, and that it is not overloaded (raise "
                 "GENERATION_TIMEOUT_SECONDS for slow models).",
-                kind="timeout",
+                code="timeout",
                 status=504,
             )
         if _is_dns_failure(exc):
@@ -102,7 +86,7 @@ class RuntimeClient:
                 f"while {what}; check DIFFUSERS_RUNTIME_URL / DIFFUSERS_RUNTIMES: the Service "
                 "name and namespace must exist (KServe RawDeployment names it "
                 "<isvc>-predictor).",
-                kind="dns",
+                code="dns",
                 status=502,
             )
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
@@ -112,20 +96,20 @@ class RuntimeClient:
                 f"The diffusers runtime at {url} became unavailable while {what}: it dropped "
                 "the connection before answering (it probably restarted, was killed or ran out "
                 f"of memory); check its logs and pod events, then retry. ({detail})",
-                kind="unavailable",
+                code="unavailable",
                 status=503,
             )
         if isinstance(exc, httpx.ConnectError):
             return RuntimeCallError(
                 f"The diffusers runtime at {url} refused the connection while {what}; "
                 f"{self._check_hint()} (is the predictor pod up and listening on that port?).",
-                kind="connect",
+                code="connect",
                 status=502,
             )
         return RuntimeCallError(
             f"The connection to the diffusers runtime at {url} failed while {what}: "
             f"{type(exc).__name__}: {exc}; {self._check_hint()}.",
-            kind="transport",
+            code="transport",
             status=502,
         )
 
@@ -136,13 +120,13 @@ class RuntimeClient:
             # This server sends one instance per call: its index only distracts the caller,
             # who named the fields without it.
             message = message.replace("instances[0].", "")
-            return InvalidRequestError(message or "the runtime rejected the request (HTTP 400)")
+            return RuntimeRejectedError(message or "the runtime rejected the request (HTTP 400)")
         if status == 404:
             return RuntimeCallError(
                 f"The diffusers runtime at {url} has no model {self.target.model_id!r} "
                 f"(HTTP 404 while {what}); check DIFFUSERS_MODEL_ID (or model_id in "
                 "DIFFUSERS_RUNTIMES) matches the runtime's MODEL_NAME.",
-                kind="not_found",
+                code="not_found",
                 status=502,
             )
         if status == 503:
@@ -150,13 +134,13 @@ class RuntimeClient:
                 f"The diffusers runtime at {url} is not available (HTTP 503 while {what}): "
                 f"{message or 'model not ready'}. Retry shortly; if it persists, check the "
                 "runtime's logs (model loading, device memory).",
-                kind="unavailable",
+                code="unavailable",
                 status=503,
             )
         return RuntimeCallError(
             f"The diffusers runtime at {url} failed (HTTP {status} while {what}): "
             f"{message or 'no error message'}. Check the runtime's logs.",
-            kind=f"http_{status // 100}xx",
+            code=f"http_{status // 100}xx",
             status=502,
         )
 
@@ -165,14 +149,14 @@ class RuntimeClient:
             f"The diffusers runtime at {self.target.url} sent an unexpected answer while {what} "
             f"({detail}); check that DIFFUSERS_RUNTIME_URL points at a diffusers runtime "
             "(KServe v1 protocol) and not at another service.",
-            kind="protocol",
+            code="protocol",
             status=502,
         )
 
     async def _get_json(self, suffix: str, what: str) -> dict[str, Any]:
         timeout = self._connect_timeout * 2
         try:
-            response = await self._http.get(self._model_url(suffix), timeout=self._timeout(timeout))
+            response = await self._http.get(self.model_url(suffix), timeout=self._timeout(timeout))
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, what, timeout) from exc
         if response.status_code != 200:
@@ -208,7 +192,7 @@ class RuntimeClient:
                 aconnect_sse(
                     self._http,
                     "POST",
-                    self._model_url(":generate"),
+                    self.model_url(":generate"),
                     json={"instances": [instance]},
                     headers=self._headers(request_id),
                     timeout=self._timeout(timeout),
@@ -242,7 +226,7 @@ class RuntimeClient:
             f"The diffusers runtime at {self.target.url} closed the progress stream before "
             "sending a result (it probably restarted or ran out of memory); check its logs "
             "and pod events, then retry.",
-            kind="stream_ended",
+            code="stream_ended",
             status=502,
         )
 

@@ -19,33 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcp_server.errors import InvalidIdError, StoreUnavailableError
 from mcp_server.settings import Settings
 
 # token_urlsafe(24) gives 32 characters; anything else is refused before touching storage,
 # which also makes path traversal impossible.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-class InvalidIdError(ValueError):
-    """An id that this store could never have issued."""
-
-
-class StoreUnavailableError(RuntimeError):
-    """The store could not be read or written; the message names the store and the cause."""
-
 
 def new_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-def check_id(value: str) -> str:
+def check_id(value: str, param: str) -> str:
     if not ID_PATTERN.match(value):
-        raise InvalidIdError(
-            f"{value[:80]!r} is not a valid id: ids are 32 characters of A-Z, a-z, 0-9, '_' "
-            "and '-', exactly as returned by the server"
-        )
+        raise InvalidIdError(value, param=param)
     return value
 
 
@@ -85,7 +73,7 @@ class Store(ABC):
         return image_id
 
     async def get_image(self, image_id: str) -> StoredImage | None:
-        key = f"images/{check_id(image_id)}"
+        key = f"images/{check_id(image_id, 'image_id')}"
         found = await self._io("reading an image", self._get, key)
         return None if found is None else StoredImage(*found)
 
@@ -180,7 +168,7 @@ class LocalStore(Store):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise RuntimeError(
+            raise StoreUnavailableError(
                 f"IMAGE_STORE_DIR {str(self.root)!r} is not writable ({exc}); point it at a "
                 "writable directory (an emptyDir volume in Kubernetes)"
             ) from exc
@@ -247,7 +235,7 @@ class S3Store(Store):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
-            raise RuntimeError(
+            raise StoreUnavailableError(
                 f"S3 bucket {self.bucket!r} at {self._endpoint} is not usable ({exc}); check "
                 "S3_BUCKET, S3_ENDPOINT_URL and the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                 "credentials"

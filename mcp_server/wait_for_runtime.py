@@ -2,33 +2,33 @@
 
 Waits until every configured runtime says its model is ready (WAIT_TIMEOUT_SECONDS, default
 300). On timeout it exits 1 printing, per runtime, the URL it polled, what DNS answered, the
-last HTTP status or error, and what to check.
+last answer or error (as the server's own runtime client diagnoses it), and what to check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
-from mcp_server.settings import RuntimeTarget, Settings, load_settings_or_exit
+from mcp_server.errors import RuntimeCallError
+from mcp_server.runtime_client import RuntimeClient
+from mcp_server.settings import Settings, load_settings_or_exit
 
 
 @dataclass
 class Probe:
-    target: RuntimeTarget
-    url: str = ""
+    client: RuntimeClient
     dns: str = "not resolved yet"
     last: str = "no answer yet"
+    # The code of the last RuntimeCallError; None once the runtime answered.
+    failure: str | None = "connect"
     ready: bool = False
     attempts: int = 0
-    history: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.url = f"{self.target.url}/v1/models/{self.target.model_id}"
 
 
 def _resolve(host: str) -> str:
@@ -39,25 +39,22 @@ def _resolve(host: str) -> str:
     return f"{host} -> {', '.join(addresses)}"
 
 
-def _poll(probe: Probe, timeout: float) -> None:
+async def _poll(probe: Probe) -> None:
     probe.attempts += 1
-    probe.dns = _resolve(httpx.URL(probe.url).host)
+    probe.dns = await asyncio.to_thread(_resolve, httpx.URL(probe.client.url).host)
     try:
-        response = httpx.get(probe.url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        probe.last = f"{type(exc).__name__}: {exc or 'no details'}"
+        probe.ready = await probe.client.ready()
+    except RuntimeCallError as exc:
+        cause = exc.__cause__
+        probe.last = f"{type(cause).__name__}: {exc}" if cause else str(exc)
+        probe.failure = exc.code
         return
-    body = response.text[:200].strip()
-    probe.last = f"HTTP {response.status_code} {body}"
-    if response.status_code == 200:
-        try:
-            probe.ready = bool(response.json().get("ready"))
-        except ValueError:
-            probe.last += " (not JSON: is this URL a diffusers runtime?)"
+    probe.failure = None
+    probe.last = "HTTP 200: " + ("ready" if probe.ready else "the model is not ready yet")
 
 
 def _advice(probe: Probe, settings: Settings) -> str:
-    if "does not resolve" in probe.dns:
+    if probe.failure == "dns":
         where = settings.diffusers_runtime_service or "<isvc>-predictor"
         namespace = settings.diffusers_runtime_namespace or "the runtime's namespace"
         return (
@@ -65,12 +62,14 @@ def _advice(probe: Probe, settings: Settings) -> str:
             f"http://{where}.{namespace}.svc.cluster.local:<port> (KServe RawDeployment names "
             "the Service <isvc>-predictor), and the InferenceService must exist"
         )
-    if "HTTP 404" in probe.last:
+    if probe.failure == "not_found":
         return (
-            f"the runtime answers but has no model {probe.target.model_id!r}: set "
+            f"the runtime answers but has no model {probe.client.target.model_id!r}: set "
             "DIFFUSERS_MODEL_ID to the runtime's MODEL_NAME"
         )
-    if probe.last.startswith("HTTP"):
+    if probe.failure == "protocol":
+        return "something other than a diffusers runtime answers: check DIFFUSERS_RUNTIME_URL"
+    if probe.failure is None or probe.failure == "unavailable" or probe.failure.startswith("http"):
         return (
             "the runtime answers but its model is not ready: it may still be downloading or "
             "loading the model (check the predictor's logs and its memory/GPU limits)"
@@ -81,31 +80,46 @@ def _advice(probe: Probe, settings: Settings) -> str:
     )
 
 
-def wait(settings: Settings, *, interval: float = 1.0) -> bool:
-    probes = [Probe(target) for target in settings.runtimes]
+async def wait(settings: Settings, *, interval: float = 1.0) -> bool:
+    async with httpx.AsyncClient() as http:
+        probes = [
+            Probe(
+                RuntimeClient(
+                    target,
+                    http,
+                    connect_timeout=settings.runtime_connect_timeout_seconds,
+                    generation_timeout=settings.generation_timeout_seconds,
+                )
+            )
+            for target in settings.runtimes
+        ]
+        return await _wait(probes, settings, interval)
+
+
+async def _wait(probes: list[Probe], settings: Settings, interval: float) -> bool:
     if not probes:
-        # Discovery only: the server follows the InferenceServices itself and /ready says
-        # when one is usable; holding the pod here would only delay that.
+        # Discovery only: the server follows the InferenceServices itself;
+        # holding the pod here would only delay that.
         print("no static runtime configured (model discovery only): nothing to wait for")
         return True
     deadline = time.monotonic() + settings.wait_timeout_seconds
-    poll_timeout = settings.runtime_connect_timeout_seconds
     print(
         f"waiting up to {settings.wait_timeout_seconds:g} s for: "
-        + ", ".join(p.url for p in probes),
+        + ", ".join(p.client.model_url() for p in probes),
         flush=True,
     )
     while True:
         for probe in probes:
             if not probe.ready:
-                _poll(probe, min(poll_timeout, max(deadline - time.monotonic(), 0.1)))
+                await _poll(probe)
                 if probe.ready:
-                    print(f"ready: {probe.url} (after {probe.attempts} attempts)", flush=True)
+                    url = probe.client.model_url()
+                    print(f"ready: {url} (after {probe.attempts} attempts)", flush=True)
         if all(p.ready for p in probes):
             return True
         if time.monotonic() + interval >= deadline:
             break
-        time.sleep(interval)
+        await asyncio.sleep(interval)
     print(
         f"the runtime did not become ready within {settings.wait_timeout_seconds:g} s",
         file=sys.stderr,
@@ -114,8 +128,8 @@ def wait(settings: Settings, *, interval: float = 1.0) -> bool:
         if probe.ready:
             continue
         print(
-            f"  model {probe.target.name!r}:\n"
-            f"    URL:       {probe.url} ({probe.attempts} attempts)\n"
+            f"  model {probe.client.target.name!r}:\n"
+            f"    URL:       {probe.client.model_url()} ({probe.attempts} attempts)\n"
             f"    DNS:       {probe.dns}\n"
             f"    last:      {probe.last}\n"
             f"    check:     {_advice(probe, settings)}",
@@ -126,7 +140,7 @@ def wait(settings: Settings, *, interval: float = 1.0) -> bool:
 
 def main() -> None:
     settings = load_settings_or_exit()
-    sys.exit(0 if wait(settings) else 1)
+    sys.exit(0 if asyncio.run(wait(settings)) else 1)
 
 
 if __name__ == "__main__":

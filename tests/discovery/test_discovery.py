@@ -21,7 +21,10 @@ from mcp_server.discovery import (
     DiscoveryConfigError,
     parse_inference_service,
 )
-from mcp_server.service import GenerationRequest, ImageService, ServiceError
+from mcp_server.errors import ServiceError
+from mcp_server.generation import GenerationRequest
+from mcp_server.registry import ModelRegistry
+from mcp_server.service import ImageService
 from mcp_server.settings import Settings, SettingsError, load_settings
 from mcp_server.store import make_store
 from tests.discovery.conftest import FakeCluster
@@ -48,7 +51,7 @@ async def serving(cluster: FakeCluster, tmp_path: Path, **env) -> AsyncIterator[
     )
     discovery = Discovery(settings)
     async with httpx.AsyncClient() as http:
-        service = ImageService(settings, make_store(settings), http, discovery)
+        service = ImageService(make_store(settings), ModelRegistry(settings, http, discovery))
         await discovery.start()
         try:
             yield service
@@ -83,15 +86,25 @@ async def generate(service: ImageService, model: str) -> tuple[int, int]:
 def refusal(service: ImageService, model: str) -> str:
     """The error a request for MODEL gets now (fails the check while it still works)."""
     try:
-        service.client(model)
+        service.check_model(model)
     except ServiceError as exc:
         return str(exc)
     raise AssertionError(f"{model!r} is still usable")
 
 
+async def listed(service: ImageService) -> list[dict]:
+    return [m.model_dump() for m in await listed(service)]
+
+
 def entry(models: list[dict], name: str) -> dict:
     (found,) = [m for m in models if m["name"] == name]
     return found
+
+
+async def ready(service: ImageService) -> tuple[bool, set[str]]:
+    """Whether the models are ready (diffusers://status), and which runtimes it lists."""
+    status = await service.status()
+    return status.ready, {s.model for s in status.runtimes}
 
 
 @pytest.mark.asyncio
@@ -105,7 +118,7 @@ async def test_labelled_inference_services_become_models(cluster, runtime, tmp_p
             "diffusers-mcp.io/expose=true"
         }
         assert {r.namespace for r in cluster.list_requests()} == {"default"}
-        models = await service.models()
+        models = await listed(service)
         assert [m["name"] for m in models] == ["painter"]
         painter = entry(models, "painter")
         assert painter["ready"] is True and painter["default"] is True
@@ -119,11 +132,11 @@ async def test_labelled_inference_services_become_models(cluster, runtime, tmp_p
         # A new InferenceService is usable within an interval or two.
         started = time.monotonic()
         cluster.put("late", url=runtime.url)
-        await eventually(lambda: service.client("late"))
+        await eventually(lambda: service.check_model("late"))
         assert time.monotonic() - started < 10 * INTERVAL
         assert await generate(service, "late") == (64, 64)
-        ok, states = await service.ready()
-        assert ok and {s["model"] for s in states} == {"painter", "late"}
+        ok, runtimes = await ready(service)
+        assert ok and runtimes == {"painter", "late"}
 
 
 @pytest.mark.asyncio
@@ -137,17 +150,17 @@ async def test_readiness_changes_are_followed(cluster, runtime, tmp_path):
         assert "OOMKilled" in message and "InferenceService default/painter" in message
         with pytest.raises(ServiceError) as caught:
             await generate(service, "painter")
-        assert caught.value.status == 503 and caught.value.kind == "unavailable"
-        painter = entry(await service.models(), "painter")
+        assert caught.value.status == 503 and caught.value.code == "unavailable"
+        painter = entry(await listed(service), "painter")
         assert painter["ready"] is False
         assert painter["error"] == (
             "unavailable: not Ready (Revision painter-predictor failed: OOMKilled)"
         )
-        ok, _ = await service.ready()
+        ok, _ = await ready(service)
         assert not ok  # it was the only model
 
         cluster.set_ready("painter", True)
-        await eventually(lambda: service.client("painter"))
+        await eventually(lambda: service.check_model("painter"))
         assert await generate(service, "painter") == (64, 64)
 
 
@@ -162,10 +175,10 @@ async def test_a_deleted_inference_service_is_reported_unavailable(cluster, runt
             await generate(service, "painter")
         assert caught.value.status == 503
         assert "was deleted or lost the label diffusers-mcp.io/expose=true" in str(caught.value)
-        painter = entry(await service.models(), "painter")
+        painter = entry(await listed(service), "painter")
         assert painter["ready"] is False and "deleted" in painter["error"]
         # The other model is untouched, and the server stays ready for it.
-        ok, _ = await service.ready()
+        ok, _ = await ready(service)
         assert ok and await generate(service, "keeper") == (64, 64)
 
 
@@ -190,12 +203,12 @@ async def test_an_unreachable_api_server_keeps_the_last_list_marked_stale(
         assert "NetworkPolicy allows egress to the API server" in default["error"]
         assert default["stale_since"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(before))
         # The last known list still serves, each model saying it comes from a stale list.
-        painter = entry(await service.models(), "painter")
+        painter = entry(await listed(service), "painter")
         assert painter["ready"] is True and painter["stale"] is True
         assert painter["stale_since"] == default["stale_since"]
         assert painter["discovery_error"] == default["error"]
         assert await generate(service, "painter") == (64, 64)
-        ok, _ = await service.ready()
+        ok, _ = await ready(service)
         assert ok
 
 
@@ -235,7 +248,7 @@ async def test_static_configuration_wins_a_name_clash(cluster, runtime, tmp_path
         ],
         discovery_namespaces="default,team-b,team-c",
     ) as service:
-        models = await service.models()
+        models = await listed(service)
         assert [(m["name"], m["source"]) for m in models] == [
             ("tiny", "static"),
             ("same", "static"),

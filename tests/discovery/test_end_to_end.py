@@ -120,9 +120,10 @@ async def test_mcp_server_serves_discovered_inference_services(cluster, runtime,
             assert "namespace default: last listed 20" in output
 
             async with httpx.AsyncClient() as http:
-                ready = (await http.get(f"{server.url}/ready")).json()
-            assert ready["ready"] is True
-            assert ready["discovery"]["namespaces"]["default"]["error"] is None
+                assert (await http.get(f"{server.url}/ready")).json() == {"ready": True}
+                details = await http.get(f"{server.url}/health", params={"details": "true"})
+            assert details.json()["ready"] is True
+            assert details.json()["discovery"]["namespaces"]["default"]["error"] is None
         finally:
             await asyncio.to_thread(stack.close)
     # The kubeconfig's credentials are what the server sent.

@@ -1,5 +1,5 @@
-"""A server with the optional settings on: the bearer token guards REST and MCP (health,
-readiness and metrics stay open), ALLOWED_HOSTS, and a small inline image budget."""
+"""A server with the optional settings on: the bearer token guards REST, MCP and the API docs
+(health, readiness and metrics stay open), ALLOWED_HOSTS, and a small inline image budget."""
 
 from __future__ import annotations
 
@@ -80,6 +80,21 @@ def test_mcp_needs_the_token(guarded: ServerProcess) -> None:
 def test_probes_and_metrics_stay_open(guarded: ServerProcess) -> None:
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{guarded.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_the_api_docs_need_the_token_too(guarded: ServerProcess) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        refused = httpx.get(f"{guarded.url}{path}", timeout=10)
+        assert refused.status_code == 401, path
+        assert "MCP_AUTH_TOKEN" in refused.json()["error"]["message"]
+        opened = httpx.get(
+            f"{guarded.url}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        )
+        assert opened.status_code == 200, path
+    schema = httpx.get(
+        f"{guarded.url}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
+    assert "/v1/images/generations" in schema.json()["paths"]
 
 
 def test_mcp_refuses_unknown_host_headers(guarded: ServerProcess) -> None:

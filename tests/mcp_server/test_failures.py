@@ -149,15 +149,21 @@ def test_mcp_error_is_a_tool_error_in_time(
     assert elapsed < TIMEOUT + 3
 
 
-def test_readiness_reports_each_runtime_and_the_server_keeps_serving(
+def test_health_details_report_each_runtime_and_the_server_stays_ready(
     failing: ServerProcess,
 ) -> None:
-    ready = httpx.get(f"{failing.url}/ready", timeout=30)
-    assert ready.status_code == 503
-    states = {entry["model"]: entry for entry in ready.json()["runtimes"]}
+    """Runtime outages show in /health?details=true; /ready stays 200 so that the Service
+    keeps routing to this server and users get its message naming the runtime, not the
+    router's bare 503."""
+    details = httpx.get(f"{failing.url}/health", params={"details": "true"}, timeout=30)
+    assert details.status_code == 200
+    assert details.json()["ready"] is False
+    states = {entry["model"]: entry for entry in details.json()["runtimes"]}
     assert set(states) == {"stopped", "slow", "nodns", "wrong"}
+    assert not any(state["ready"] for state in states.values())
     assert "does not resolve" in states["nodns"]["error"]
-    assert httpx.get(f"{failing.url}/health").status_code == 200
+    assert httpx.get(f"{failing.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{failing.url}/ready", timeout=30).status_code == 200
 
 
 def test_a_full_queue_answers_busy_with_retry_after(failing: ServerProcess) -> None:

@@ -15,6 +15,9 @@ import pytest
 from mcp import Client
 from PIL import Image
 
+from mcp_server.generation import EditRequest, GenerationFields, GenerationRequest, GenerationResult
+from mcp_server.jobs import JobState
+from mcp_server.registry import ModelInfo
 from tests.mcp_server.helpers import LONG, SMALL, image_size, metric
 from tests.support import ServerProcess, start_mcp_server
 
@@ -59,6 +62,40 @@ def test_lists_tools_with_truthful_annotations_and_schemas(mcp_server: ServerPro
     assert tools["list_models"].annotations.read_only_hint is True
     assert tools["get_generation"].annotations.read_only_hint is True
     assert tools["cancel_generation"].annotations.destructive_hint is True
+
+
+def test_tools_list_fits_an_agents_context_without_losing_a_field(
+    mcp_server: ServerProcess,
+) -> None:
+    """An agent pays for every character of tools/list: under 12,000 (it was 26,247), with
+    every argument described and every result field published."""
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            return (await client.list_tools()).tools
+
+    tools = run(scenario())
+    listed = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
+    size = len(json.dumps({"tools": listed}))
+    print(f"tools/list: {size} characters")
+    assert size < 12_000
+    schemas = {tool.name: tool for tool in tools}
+    for name, model in (
+        ("generate_image", GenerationFields),
+        ("edit_image", EditRequest),
+        ("start_generation", GenerationRequest),
+    ):
+        properties = schemas[name].input_schema["properties"]
+        assert set(properties) == set(model.model_fields), name
+        assert all(schema.get("description") for schema in properties.values()), name
+        assert not any("title" in schema or "anyOf" in schema for schema in properties.values())
+    for name in ("generate_image", "edit_image"):
+        assert set(schemas[name].output_schema["properties"]) == set(GenerationResult.model_fields)
+    for name in ("start_generation", "get_generation", "cancel_generation"):
+        assert set(schemas[name].output_schema["properties"]) == set(JobState.model_fields)
+    assert set(schemas["list_models"].output_schema["$defs"]["ModelInfo"]["properties"]) == set(
+        ModelInfo.model_fields
+    )
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

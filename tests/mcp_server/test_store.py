@@ -16,7 +16,7 @@ from mcp_server.store import ID_PATTERN, InvalidIdError, LocalStore, check_id, n
 @settings(max_examples=300, deadline=None)
 def test_check_id_accepts_only_issued_shapes(candidate: str) -> None:
     try:
-        checked = check_id(candidate)
+        checked = check_id(candidate, "image_id")
     except InvalidIdError:
         return
     assert ID_PATTERN.match(checked)

@@ -45,7 +45,7 @@ def assert_named_rejection(response: httpx.Response | object, what: str) -> None
 
 
 def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert any(op.path == "/v1/images/generations" for op in operations)
     for operation in operations:

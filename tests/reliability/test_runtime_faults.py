@@ -89,6 +89,13 @@ def rest_generate(url: str, **fields: object) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
+def runtime_state(url: str) -> dict:
+    """The one runtime as the server's /health?details=true reports it."""
+    details = httpx.get(f"{url}/health", params={"details": "true"}, timeout=10).json()
+    (state,) = details["runtimes"]
+    return state
+
+
 async def mcp_generate(url: str, arguments: dict, on_progress=None):
     async with Client(f"{url}/mcp") as client:
         # The client checks structuredContent against the tool's outputSchema; listing first
@@ -142,9 +149,11 @@ def test_runtime_killed_mid_generation_then_back(
     assert "unavailable" in response.json()["error"]["message"]
     assert restartable.url in response.json()["error"]["message"]
 
-    # The server keeps serving; while the runtime is down it says so at once.
+    # The server keeps serving and stays ready; while the runtime is down it says so at once.
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-    assert httpx.get(f"{server.url}/ready", timeout=10).status_code == 503
+    assert httpx.get(f"{server.url}/ready", timeout=10).status_code == 200
+    down_state = runtime_state(server.url)
+    assert down_state["ready"] is False and "refused the connection" in down_state["error"]
     down = asyncio.run(mcp_generate(server.url, SMALL))
     assert down.is_error and "refused the connection" in down.content[0].text
 
@@ -156,6 +165,7 @@ def test_runtime_killed_mid_generation_then_back(
     assert response.status_code == 200, response.text
     assert server.process.pid == pid and server.process.poll() is None
     assert httpx.get(f"{server.url}/ready", timeout=10).status_code == 200
+    assert runtime_state(server.url)["ready"] is True
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,9 @@ def test_s3_store_unavailable(s3_server: ServerProcess, s3_proxy: FaultProxy, mo
     s3_proxy.set_mode(mode)  # type: ignore[arg-type]
     try:
         assert_store_failure(s3_server.url, BUCKET)
+        # Without its store this server cannot serve: it leaves its Service until it is back.
+        ready = httpx.get(f"{s3_server.url}/ready", timeout=60)
+        assert ready.status_code == 503 and BUCKET in ready.json()["error"]["message"]
         # Reads fail cleanly too while the store is down.
         download = httpx.get(f"{s3_server.url}/v1/images/{before[0][0]}", timeout=60)
         assert download.status_code == 503, download.text
@@ -130,5 +133,6 @@ def test_s3_store_unavailable(s3_server: ServerProcess, s3_proxy: FaultProxy, mo
     finally:
         s3_proxy.set_mode("pass")
     assert_kept(s3_server.url, before)
+    assert httpx.get(f"{s3_server.url}/ready", timeout=60).status_code == 200
     after = generate(s3_server.url)
     assert after.status_code == 200, after.text

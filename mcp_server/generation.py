@@ -1,0 +1,114 @@
+"""What a generation takes and gives: every field declared and described once.
+
+The MCP tools take these models' fields as their arguments and the REST bodies inherit them,
+so a new runtime parameter is one field in `PromptFields`. Unset fields take the runtime's
+defaults; the runtime checks its own limits and names the field it rejects.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+Source = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="An id, image:// URI or URL from this server, or base64 PNG/JPEG/WebP.",
+    ),
+]
+Strength = Annotated[float | None, Field(gt=0, le=1, description="0.3 subtle, 0.8 heavy.")]
+
+
+class PromptFields(BaseModel):
+    """The fields every front end offers under the runtime's own names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What the image should show.")
+    negative_prompt: str | None = Field(None, description="What it should not show.")
+    num_inference_steps: int | None = Field(None, ge=1, description="More: slower, finer.")
+    guidance_scale: float | None = Field(None, ge=0, description="Prompt adherence, typically 3-9.")
+    seed: int | None = Field(None, ge=0, description="Reproduces an image.")
+    scheduler: str | None = Field(None, description="See list_models.")
+    output_format: OutputFormat | None = Field(None, description="Default png.")
+    model: str | None = Field(None, description="From list_models; default if unset.")
+
+
+class GenerationFields(PromptFields):
+    """generate_image's arguments."""
+
+    width: int | None = Field(None, ge=8, description="A multiple of 8.")
+    height: int | None = Field(None, ge=8, description="A multiple of 8.")
+    num_images: int | None = Field(None, ge=1, description="Default 1.")
+
+
+class EditFields(BaseModel):
+    """What turns a generation into an edit of `image`."""
+
+    image: Source | None = None
+    mask_image: str | None = Field(None, description="Like image; white is repainted.")
+    strength: Strength = None
+
+
+class GenerationRequest(EditFields, GenerationFields):
+    """What the service generates: a new image, or an edit when `image` is set."""
+
+
+class EditRequest(GenerationRequest):
+    """edit_image's arguments: an edit always has its source."""
+
+    image: Source
+
+
+class ImageRef(BaseModel):
+    id: str = Field(description="Valid until expires_at.")
+    uri: str = Field(description="Read it with resources/read.")
+    url: str | None = Field(description="Null over stdio.")
+    mime_type: str
+    size_bytes: int
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+    encode_ms: float | None = None
+    total_ms: float | None = None
+    wait_ms: float | None = None
+
+
+# What a finished generation returns (the tools' structuredContent). No docstring: it would
+# be repeated in every output schema.
+class GenerationResult(BaseModel):
+    model: str
+    prompt: str
+    images: list[ImageRef]
+    seed: int | None
+    width: int
+    height: int
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    scheduler: str | None
+    # Five optional numbers cost more as a schema than as a sentence.
+    timings: Annotated[
+        Timings,
+        WithJsonSchema(
+            {
+                "type": "object",
+                "description": "Milliseconds: queue_ms, inference_ms, encode_ms, total_ms (the "
+                "runtime's), wait_ms (for a slot here).",
+            }
+        ),
+    ]
+    expires_at: float = Field(description="Unix time the images expire.")
+
+
+def image_uri(image_id: str, mime_type: str) -> str:
+    extension = {v: k for k, v in MIME_TYPES.items()}.get(mime_type, "png")
+    return f"image://generated/{image_id}.{extension}"
