@@ -1,0 +1,73 @@
+"""`python -m scene_model train|export|evaluate|samples`: make and check the default model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import evaluation, training
+
+WORK = Path(".cache/scene-model")
+MODEL = Path("models/default")
+REPORT = Path("models/default-evaluation.json")
+SAMPLES = Path("docs/samples.png")
+
+
+def _load(model: Path):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(model)
+
+
+def evaluate(model: Path, count: int, report_path: Path) -> int:
+    report = evaluation.evaluate(_load(model), count=count)
+    evaluation.write_report(report, report_path)
+    print(report.markdown())
+    failed = [name for name, ok in report.passed().items() if not ok]
+    print(f"report: {report_path}" + (f"; below target: {', '.join(failed)}" if failed else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scene_model", description=__doc__)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train", help="train (or resume) every stage, export the model, evaluate it"
+    )
+    train.add_argument("--work", type=Path, default=WORK, help="checkpoints (default %(default)s)")
+    train.add_argument("--out", type=Path, default=MODEL, help="model folder (default %(default)s)")
+    export = commands.add_parser("export", help="write the latest checkpoint as a diffusers folder")
+    export.add_argument("--work", type=Path, default=WORK)
+    export.add_argument("--out", type=Path, default=MODEL)
+    check = commands.add_parser("evaluate", help="measure a model on held-out prompts")
+    check.add_argument("--model", type=Path, default=MODEL)
+    check.add_argument("--prompts", type=int, default=250)
+    check.add_argument("--report", type=Path, default=REPORT)
+    samples = commands.add_parser("samples", help="draw the README's sample grid")
+    samples.add_argument("--model", type=Path, default=MODEL)
+    samples.add_argument("--out", type=Path, default=SAMPLES)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.command == "train":
+        training.train(args.work, training.Plan())
+    if args.command in ("train", "export"):
+        step = training.export(args.work, args.out, training.Plan())
+        print(f"model after {step} denoiser steps written to {args.out}")
+    if args.command == "train":
+        return evaluate(args.out, 250, REPORT)
+    if args.command == "evaluate":
+        return evaluate(args.model, args.prompts, args.report)
+    if args.command == "samples":
+        prompts = evaluation.sample_grid(_load(args.model), args.out)
+        print(f"{args.out}: " + json.dumps(prompts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

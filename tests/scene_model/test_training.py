@@ -1,0 +1,63 @@
+"""Training stops and resumes at any checkpoint exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scene_model import training
+
+TINY = training.Plan(
+    autoencoder=training.Reconstruction("autoencoder", 4, 2, 32, 1e-3),
+    decoder=training.Reconstruction("decoder", 2, 2, 32, 1e-3),
+    pools=((32, 8, 4),),
+    pool_weights=(1.0,),
+    denoiser_steps=4,
+    warmup=2,
+    statistics_pictures=8,
+    checkpoint_every=2,
+)
+
+
+class Stopped(Exception):
+    pass
+
+
+def _weights(work: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for name in ("autoencoder", "decoder", "denoiser"):
+        state = torch.load(work / f"{name}.pt", weights_only=False)
+        models = state["model"] if name != "denoiser" else state["model"]["transformer"]
+        found.update({f"{name}.{k}": v for k, v in models.items()})
+    return found
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    training.train(straight, TINY)
+
+    save = training._save
+    saves = {"left": 0}
+
+    def save_then_stop(path: Path, state: dict) -> None:
+        save(path, state)
+        saves["left"] -= 1
+        if saves["left"] == 0:
+            raise Stopped(path.name)
+
+    monkeypatch.setattr(training, "_save", save_then_stop)
+    resumed = tmp_path / "resumed"
+    # Stop after the autoencoder's first checkpoint, then in the middle of the denoiser.
+    for stop_after in (1, 3):
+        saves["left"] = stop_after
+        with pytest.raises(Stopped):
+            training.train(resumed, TINY)
+    saves["left"] = -1
+    training.train(resumed, TINY)
+
+    expected, found = _weights(straight), _weights(resumed)
+    assert expected.keys() == found.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, found[key]), key
