@@ -39,12 +39,14 @@ tiny-model: $(TINY_MODEL)/model_index.json ## Build the tiny offline model into 
 test: install tiny-model ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	TINY_MODEL_DIR=$(abspath $(TINY_MODEL)) $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## Ruff lint and format check
+lint: install ## Ruff lint and format check, mypy (strict) over both packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 .PHONY: format
 format: install ## Ruff autofix and format

@@ -7,7 +7,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -105,7 +105,7 @@ def _route_label(scope: Scope) -> str:
     return f"{scope.get('method', '')} {path}"
 
 
-def error_response(exc: ServiceError, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(exc: ServiceError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The REST translation of every ServiceError: OpenAI's error shape, so OpenAI clients
     surface `message`."""
     if exc.retry_after:
@@ -257,18 +257,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.components = components
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> Response:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
         return error_response(validation_problem(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         # FastAPI's own rejections (a body it cannot parse, an unknown path) in the error shape
         # every other answer has, so OpenAI clients show the message.
         if isinstance(exc.__cause__, BodyTooLargeError):

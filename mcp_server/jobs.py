@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, WithJsonSchema
 
@@ -133,7 +133,7 @@ class JobManager:
             state.heartbeat_at = time.time()
             await self._save(state)
 
-    async def _heartbeat(self, state: JobState, work: asyncio.Task | None) -> None:
+    async def _heartbeat(self, state: JobState, work: asyncio.Task[Any] | None) -> None:
         cancel_key = self._key(state.job_id) + ".cancel"
         while True:
             await asyncio.sleep(self.heartbeat_seconds)

@@ -80,10 +80,11 @@ class ModelRegistry:
         for name, model in self._discovered.items():
             if not model.available:
                 continue
-            current = self._clients.get(name)
+            client = self._clients.get(name)
             target = model.target()
-            keep = current is not None and current.target == target
-            clients[name] = current if keep else self._client(target, f"the {model.reference}")
+            if client is None or client.target != target:
+                client = self._client(target, f"the {model.reference}")
+            clients[name] = client
         self._clients = clients
 
     @property

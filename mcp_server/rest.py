@@ -264,24 +264,25 @@ async def _b64(upload: UploadFile | None) -> str | None:
 
 def build_router(service: ImageService, public_url: str | None) -> APIRouter:
     routes = Routes(service, public_url)
-    images = {"tags": ["images"], "response_model": ImagesResponse, "responses": ERRORS}
     router = APIRouter()
-    router.add_api_route(
-        "/v1/images/generations",
-        routes.generate,
-        methods=["POST"],
-        summary="Generate images (OpenAI Images API)",
-        response_model_exclude_none=True,
-        **images,
-    )
-    router.add_api_route(
-        "/v1/images/edits",
-        routes.edit,
-        methods=["POST"],
-        summary="Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
-        response_model_exclude_none=True,
-        **images,
-    )
+    for path, endpoint, summary in (
+        ("/v1/images/generations", routes.generate, "Generate images (OpenAI Images API)"),
+        (
+            "/v1/images/edits",
+            routes.edit,
+            "Edit an image: image-to-image, or inpainting with a mask (OpenAI Images API)",
+        ),
+    ):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            tags=["images"],
+            summary=summary,
+            response_model=ImagesResponse,
+            response_model_exclude_none=True,
+            responses=ERRORS,
+        )
     router.add_api_route(
         "/v1/models", routes.models, tags=["models"], summary="List models (OpenAI shape)"
     )

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
@@ -168,9 +169,9 @@ class SettingsError(Exception):
     """A bad environment value; the message names each variable and what is wrong."""
 
 
-def _describe(error: dict) -> str:
-    loc = [str(part) for part in error.get("loc", ())]
-    message = error.get("msg", "invalid value").removeprefix("Value error, ")
+def _describe(error: ErrorDetails) -> str:
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
     if not loc:
         return message
     variable = loc[0].upper()

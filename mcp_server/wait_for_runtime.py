@@ -33,13 +33,14 @@ class Probe:
 
 def _resolve(host: str) -> str:
     try:
-        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+        addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
     except socket.gaierror as exc:
         return f"{host} does not resolve ({exc.strerror or exc})"
     return f"{host} -> {', '.join(addresses)}"
 
 
-async def _poll(probe: Probe) -> None:
+async def _poll(probe: Probe) -> bool:
+    """One attempt; whether the model is ready now."""
     probe.attempts += 1
     probe.dns = await asyncio.to_thread(_resolve, httpx.URL(probe.client.url).host)
     try:
@@ -48,9 +49,10 @@ async def _poll(probe: Probe) -> None:
         cause = exc.__cause__
         probe.last = f"{type(cause).__name__}: {exc}" if cause else str(exc)
         probe.failure = exc.code
-        return
+        return False
     probe.failure = None
     probe.last = "HTTP 200: " + ("ready" if probe.ready else "the model is not ready yet")
+    return probe.ready
 
 
 def _advice(probe: Probe, settings: Settings) -> str:
@@ -110,11 +112,9 @@ async def _wait(probes: list[Probe], settings: Settings, interval: float) -> boo
     )
     while True:
         for probe in probes:
-            if not probe.ready:
-                await _poll(probe)
-                if probe.ready:
-                    url = probe.client.model_url()
-                    print(f"ready: {url} (after {probe.attempts} attempts)", flush=True)
+            if not probe.ready and await _poll(probe):
+                url = probe.client.model_url()
+                print(f"ready: {url} (after {probe.attempts} attempts)", flush=True)
         if all(p.ready for p in probes):
             return True
         if time.monotonic() + interval >= deadline:
