@@ -18,7 +18,8 @@ BIN = Path(sys.executable).parent
 
 # Each MCP overlay and the runtime overlay whose Service its DIFFUSERS_RUNTIME_URL names.
 MCP_ENVS = {"dev": "tiny-sd", "staging": "tiny-sd", "production": "redhat-dog"}
-RUNTIMES = ("tiny-sd", "redhat-dog")
+# tiny-sd-embedded: the same InferenceService serving the model the runtime image carries.
+RUNTIMES = ("tiny-sd", "tiny-sd-embedded", "redhat-dog")
 
 
 def tool(name: str) -> str:

@@ -30,6 +30,7 @@ from tests.deploy.manifests import (
 PREDICTOR_SERVICE_PORT = 80
 # Read by Python, torch and huggingface_hub rather than by the runtime's settings.
 LIBRARY_ENV = {"HOME", "HF_HOME", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HUB_OFFLINE"}
+CONTAINERFILE = REPO / "Containerfile"
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 
 
@@ -231,7 +232,15 @@ def test_runtime_sizing(model_docs):
             "requests": {"cpu": "1", "memory": "4Gi"},
             "limits": {"cpu": "4", "memory": "8Gi"},
         }
-        assert isvc["spec"]["predictor"]["model"]["storageUri"] == "hf://segmind/tiny-sd"
+        model = isvc["spec"]["predictor"]["model"]
+        if "storageUri" in model:
+            assert model["storageUri"] == "hf://segmind/tiny-sd"
+            return
+        # The embedded variant: the model the runtime image carries, nothing downloaded.
+        model_id = env_vars(runtime_container(model_docs))["MODEL_ID"]["value"]
+        copied = re.search(r"^COPY .*models/default/ (\S+)$", CONTAINERFILE.read_text(), re.M)
+        assert copied and model_id == copied.group(1).rstrip("/")
+        return
     else:
         gpu = {"nvidia.com/gpu": "1"}
         assert resources == {

@@ -75,6 +75,24 @@ def test_deploy_with_diffusers_prints_runtime_first_then_server(target, model, e
     ]
 
 
+def test_embedded_model_switch_deploys_the_dev_runtime_without_a_download():
+    lines = make("deploy-with-diffusers-dev", "EMBEDDED_MODEL=1")
+    assert lines[:2] == [
+        "oc apply -k kustomize/runtime/overlays/tiny-sd-embedded",
+        "oc -n default wait --for=condition=Ready inferenceservice/tiny-sd --timeout=30m",
+    ]
+    # Production's model is not the embedded one: the switch leaves it alone.
+    assert make("deploy-with-diffusers-prod", "EMBEDDED_MODEL=1")[0] == (
+        "oc apply -k kustomize/runtime/overlays/redhat-dog"
+    )
+
+
+def test_the_runtime_image_carries_the_default_model_and_both_images_log_json():
+    stages = _stages()
+    assert "COPY --chown=1001:0 models/default/" in stages["diffusers-runtime"]
+    assert "LOG_FORMAT=json" in stages["common"]
+
+
 def test_cluster_domain_replaces_the_placeholder():
     (apply,) = [
         line
