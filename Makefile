@@ -6,9 +6,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= .cache
+# The random-weight model: only for tests that need nothing but speed.
 TINY_MODEL ?= $(CACHE)/tiny-sd
+# The shipped default: a small SD3 pipeline trained here on the scene language (scene_model/).
+DEFAULT_MODEL := models/default
 # Any diffusers folder (or hub id, with the hub reachable) runs through the same path.
-MODEL_ID ?= $(abspath $(TINY_MODEL))
+MODEL_ID ?= $(abspath $(DEFAULT_MODEL))
 RUNTIME_PORT ?= 8080
 MCP_PORT ?= 8000
 TORCH_VERSION := 2.13.0
@@ -54,17 +57,27 @@ format: install ## Ruff autofix and format
 	$(VENV)/bin/ruff format .
 
 .PHONY: run-runtime
-run-runtime: install tiny-model ## Run only the diffusers runtime (MODEL_ID, default the tiny model) on :$(RUNTIME_PORT)
+run-runtime: install ## Run only the diffusers runtime (MODEL_ID, default models/default) on :$(RUNTIME_PORT)
 	MODEL_ID=$(MODEL_ID) $(PY) -m diffusers_runtime --http_port $(RUNTIME_PORT) --enable_grpc false
 
 .PHONY: run
-run: install tiny-model ## Run the local stack (runtime + MCP server; MODEL_ID, default the tiny model); Ctrl-C stops it
+run: install ## Run the local stack (runtime + MCP server; MODEL_ID, default models/default), draw a first picture; Ctrl-C stops it
 	MODEL_ID=$(MODEL_ID) RUNTIME_PORT=$(RUNTIME_PORT) MCP_PORT=$(MCP_PORT) \
 		$(PY) -m scripts.local_stack
 
 .PHONY: bench
-bench: install tiny-model ## Benchmark raw pipeline, runtime, MCP and REST side by side (bench/results/)
-	TINY_MODEL_DIR=$(abspath $(TINY_MODEL)) $(PY) -m bench.run
+bench: install ## Evaluate the default model, then benchmark raw pipeline, runtime, MCP and REST (bench/results/)
+	$(PY) -m scene_model evaluate --model $(MODEL_ID) --report bench/results/evaluation.json
+	MODEL_ID=$(MODEL_ID) $(PY) -m bench.run
+
+# Two torch threads, passive OpenMP waiting: training shares the cores politely.
+.PHONY: train-default-model
+train-default-model: install ## Train models/default from scratch (about 2 h on 2 cores; resumes from .cache/scene-model), then evaluate it
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m scene_model train --work $(CACHE)/scene-model --out $(DEFAULT_MODEL)
+
+.PHONY: samples
+samples: install ## Redraw docs/samples.png, the README's sample grid, with the default model
+	$(PY) -m scene_model samples --model $(DEFAULT_MODEL) --out docs/samples.png
 
 # --- Deployment ---
 # ENV=dev|staging|prod (or production) picks the MCP overlay and the runtime it talks to;
@@ -105,8 +118,12 @@ need_domain = $(if $(CLUSTER_DOMAIN),,$(error cannot read the cluster apps domai
 need_cluster_env = $(if $(filter dev staging production,$(ENV_DIR)),,$(error ENV must be \
 	dev, staging or prod here (got "$(ENV)")))
 
+# EMBEDDED_MODEL=1: the tiny-sd InferenceService serves the default model baked into the
+# runtime image instead of downloading segmind/tiny-sd (air-gapped clusters).
+overlay = $(1)$(if $(and $(filter tiny-sd,$(1)),$(filter 1 true yes,$(EMBEDDED_MODEL))),-embedded)
+
 define deploy_runtime
-	$(call run,$(KUBECTL) apply -k kustomize/runtime/overlays/$(1))
+	$(call run,$(KUBECTL) apply -k kustomize/runtime/overlays/$(call overlay,$(1)))
 	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) wait --for=condition=Ready inferenceservice/$(1) --timeout=$(ISVC_TIMEOUT))
 endef
 
