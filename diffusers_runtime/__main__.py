@@ -6,19 +6,22 @@ import argparse
 import logging
 import os
 
-import diffusers
-import transformers
-from kserve import ModelServer, model_server
-
 from . import logs
-from .errors import install_handlers
-from .model import DiffusersModel
-from .routes import register_routes
 from .settings import load_settings
 
 
 def main() -> None:
     settings = load_settings()
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper(), settings.log_format)
+    # Imported once logging is configured: importing diffusers' pipelines already logs.
+    import diffusers
+    import transformers
+    from kserve import ModelServer, model_server
+
+    from .errors import install_handlers
+    from .model import DiffusersModel
+    from .routes import register_routes
+
     parser = argparse.ArgumentParser(
         parents=[model_server.parser],
         description="Serve a diffusers pipeline with KServe. Configuration: environment "
@@ -27,7 +30,6 @@ def main() -> None:
     # --model_name beats MODEL_NAME, which beats KServe's default.
     parser.set_defaults(model_name=settings.model_name)
     args, _ = parser.parse_known_args()
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     # Progress bars are for terminals; in a pod they are noise between the JSON lines.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

@@ -1,4 +1,10 @@
-"""Structured (JSON lines) logs with the request id of the request being served."""
+"""Logs: concise text lines for a terminal, or JSON lines with the request id for a pod.
+
+`LOG_FORMAT=text` (the default, what `make run` shows) prints one short line per event and
+keeps library chatter a user cannot act on (deprecations, optional-backend fallbacks, access
+logs that repeat our own per-request line) out of the terminal. `LOG_FORMAT=json` (the
+container images' default) keeps every logger, warnings included, as JSON lines.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,22 @@ import logging
 import sys
 import time
 
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# In text mode: loggers whose INFO lines repeat our per-request line (access logs) or say
+# nothing a user acts on (KServe's registration chatter), and libraries whose warnings are
+# about their own internals (deprecations, optional-backend fallbacks).
+QUIET_IN_TEXT = {
+    "uvicorn.access": logging.WARNING,
+    "kserve": logging.WARNING,
+    "py.warnings": logging.ERROR,
+    "transformers": logging.ERROR,
+    "diffusers": logging.ERROR,
+    "huggingface_hub": logging.ERROR,
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,13 +47,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(level: str = "INFO") -> None:
-    """JSON lines for every logger: ours, diffusers', and KServe's and uvicorn's, which leave
-    their own text format alone when the root logger already has a handler."""
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+
+
+def configure(level: str = "INFO", log_format: str = "json") -> None:
+    """One handler on the root logger for ours, KServe's and uvicorn's loggers (which leave
+    their own formats alone when the root logger already has a handler), and for diffusers'
+    and transformers', which print through their own handler unless told to propagate.
+
+    Call it before importing diffusers' pipelines: importing them already logs."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Library deprecation warnings too, instead of raw text between the JSON lines.
     logging.captureWarnings(True)
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+    if log_format == "text" and logging.getLevelName(level) > logging.DEBUG:
+        for name, quiet_level in QUIET_IN_TEXT.items():
+            logging.getLogger(name).setLevel(quiet_level)

@@ -125,10 +125,10 @@ class DiffusersModel(kserve.Model):
         metrics.IMAGES.labels(self.name).inc(len(images))
         metrics.GENERATION_SECONDS.labels(self.name).observe(done - started)
         log.info(
-            "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (batch of %d)",
+            "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (batch of %d): %s",
             len(images), generation.width, generation.height,
             generation.num_inference_steps, generation.seed, (done - started) * 1000,
-            result.batch_size,
+            result.batch_size, _quoted(generation.prompt),
         )  # fmt: skip
         return {
             "model_name": self.name,
@@ -250,3 +250,7 @@ class DiffusersModel(kserve.Model):
 
     def get_output_types(self) -> list[dict]:
         return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+
+def _quoted(prompt: str, limit: int = 80) -> str:
+    return json.dumps(prompt if len(prompt) <= limit else prompt[: limit - 3] + "...")

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
 Offload = Literal["false", "true", "model", "sequential"]
+LogFormat = Literal["text", "json"]
 
 
 class SettingsError(SystemExit):
@@ -26,6 +27,8 @@ class RuntimeSettings(BaseSettings):
     enable_vae_slicing: bool = False
     enable_cpu_offload: Offload = "false"
     torch_threads: int | None = Field(None, ge=1)
+    # Text for a terminal; the container images set json, what log collectors expect.
+    log_format: LogFormat = "text"
 
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_steps: int = Field(100, ge=1)

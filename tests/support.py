@@ -24,6 +24,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+DEFAULT_MODEL = REPO / "models" / "default"
+
+
 def tiny_model_dir() -> Path:
     """The tiny model `make test` builds; built here when a test runs outside make."""
     path = Path(os.environ.get("TINY_MODEL_DIR", REPO / ".cache" / "tiny-sd"))
@@ -95,17 +98,21 @@ def run_server(
 
 
 @contextlib.contextmanager
-def start_runtime(log_dir: Path, poll: float = 0.2, **env: str) -> Iterator[ServerProcess]:
-    """The diffusers runtime on the tiny model, as a real process on a free loopback port.
+def start_runtime(
+    log_dir: Path, poll: float = 0.2, port: int | None = None, **env: str
+) -> Iterator[ServerProcess]:
+    """The diffusers runtime on the tiny model, as a real process on a loopback port (a free
+    one unless PORT is given: a runtime that must come back at the same address).
 
     ENV adds runtime settings (e.g. MAX_BATCH_SIZE="1"); the model is named `model`.
     """
-    port = free_port()
+    port = port or free_port()
     with run_server(
         ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
         port=port,
         ready_path="/v1/models/model",
-        env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model", **env},
+        # JSON, as in the pods; tests/runtime/test_logs.py checks the terminal's text format.
+        env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model", "LOG_FORMAT": "json", **env},
         log_path=log_dir / f"runtime-{port}.log",
         poll=poll,
     ) as server:
