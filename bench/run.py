@@ -34,9 +34,11 @@ import openai
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import REPO, ServerProcess, start_mcp_server, start_runtime, tiny_model_dir
+from tests.support import DEFAULT_MODEL, REPO, ServerProcess, start_mcp_server, start_runtime
 
 RESULTS = REPO / "bench" / "results"
+# The model every layer serves: MODEL_ID (make bench passes it), by default the shipped one.
+MODEL = os.environ.get("MODEL_ID") or str(DEFAULT_MODEL)
 THREADS = 1
 SIZES = [(64, 4, 20), (128, 4, 15), (256, 20, 7)]  # side, steps, repeats
 CONCURRENCY = [1, 4, 8]
@@ -111,7 +113,7 @@ def raw_layer(model_dir: str) -> tuple[dict, Callable[[dict], None]]:
         # The engine's own call: inference_mode is a little faster than the pipeline's no_grad.
         with torch.inference_mode():
             image = pipe(
-                "a watercolor lighthouse",
+                "a small red circle in the top left corner on a blue background",
                 width=params["width"],
                 height=params["height"],
                 num_inference_steps=params["num_inference_steps"],
@@ -130,7 +132,15 @@ def runtime_call(url: str, client: httpx.Client) -> Callable[[dict], None]:
     def generate(params: dict) -> None:
         response = client.post(
             f"{url}/v1/models/model:predict",
-            json={"instances": [{"prompt": "a watercolor lighthouse", "seed": 0, **params}]},
+            json={
+                "instances": [
+                    {
+                        "prompt": "a small red circle in the top left corner on a blue background",
+                        "seed": 0,
+                        **params,
+                    }
+                ]
+            },
         )
         response.raise_for_status()
 
@@ -172,7 +182,9 @@ async def mcp_generate_counted(url: str, params: dict) -> tuple[object, int]:
         httpx2.AsyncClient(transport=CountingTransport(), timeout=120) as http_client,
         Client(streamable_http_client(f"{url}/mcp", http_client=http_client)) as client,
     ):
-        result = await client.call_tool("generate_image", {"prompt": "a lighthouse", **params})
+        result = await client.call_tool(
+            "generate_image", {"prompt": "a large yellow star on a purple background", **params}
+        )
     if result.is_error:
         raise RuntimeError(f"generate_image failed: {result.content}")
     return result, CountingTransport.received
@@ -202,7 +214,11 @@ class McpLayer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def __call__(self, params: dict) -> None:
-        arguments = {"prompt": "a watercolor lighthouse", "seed": 0, **params}
+        arguments = {
+            "prompt": "a small red circle in the top left corner on a blue background",
+            "seed": 0,
+            **params,
+        }
         result = self._run(self.client.call_tool("generate_image", arguments))
         if result.is_error:
             raise RuntimeError(f"generate_image failed: {result.content}")
@@ -216,7 +232,7 @@ class McpLayer:
 def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
     def generate(params: dict) -> None:
         client.images.generate(
-            prompt="a watercolor lighthouse",
+            prompt="a small red circle in the top left corner on a blue background",
             size=f"{params['width']}x{params['height']}",
             response_format="b64_json",
             extra_body={"num_inference_steps": params["num_inference_steps"], "seed": 0},
@@ -264,7 +280,7 @@ def cold_start(model_dir: str, log_dir: Path) -> dict[str, float]:
 @contextlib.contextmanager
 def runtime_process(log_dir: Path, poll: float = 0.2, **env: str) -> Iterator[ServerProcess]:
     with start_runtime(
-        log_dir, poll=poll, TORCH_THREADS=str(THREADS), LOG_LEVEL="WARNING", **env
+        log_dir, poll=poll, MODEL_ID=MODEL, TORCH_THREADS=str(THREADS), LOG_LEVEL="WARNING", **env
     ) as server:
         yield server
 
@@ -289,7 +305,7 @@ def wire_bytes(mcp_url: str, rest_url: str) -> dict[str, float]:
     rest = httpx.post(
         f"{rest_url}/v1/images/generations",
         json={
-            "prompt": "a lighthouse",
+            "prompt": "a large yellow star on a purple background",
             "size": "128x128",
             "response_format": "b64_json",
             "num_inference_steps": 4,
@@ -309,7 +325,7 @@ def wire_bytes(mcp_url: str, rest_url: str) -> dict[str, float]:
 
 
 def measure(log_dir: Path) -> dict:
-    model_dir = str(tiny_model_dir())
+    model_dir = MODEL
     meta, raw = raw_layer(model_dir)
     results: dict = {
         "machine": {
@@ -386,7 +402,8 @@ def table(results: dict) -> str:
     lines = [
         f"Measured on {results['machine']['cores']} cores "
         f"({results['machine']['cpu']}), Python {results['machine']['python']}, "
-        f"torch threads {results['machine']['torch_threads']}, tiny model; medians (p90).",
+        f"torch threads {results['machine']['torch_threads']}, model {Path(MODEL).name}; "
+        "medians (p90).",
         "",
         "| single request | raw | runtime | MCP | REST |",
         "| --- | --- | --- | --- | --- |",
