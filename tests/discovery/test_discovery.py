@@ -28,9 +28,9 @@ from mcp_server.service import ImageService
 from mcp_server.settings import Settings, SettingsError, load_settings
 from mcp_server.store import make_store
 from tests.discovery.conftest import FakeCluster
+from tests.helpers import SMALL
 
 INTERVAL = 0.2
-SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def refusal(service: ImageService, model: str) -> str:
 
 
 async def listed(service: ImageService) -> list[dict]:
-    return [m.model_dump() for m in await listed(service)]
+    return [m.model_dump() for m in await service.models()]
 
 
 def entry(models: list[dict], name: str) -> dict:

@@ -20,10 +20,9 @@ import yaml
 from mcp import Client
 
 from tests.discovery.conftest import FakeCluster
-from tests.mcp_server.helpers import image_size
+from tests.helpers import SMALL, image_size
 from tests.support import REPO, start_mcp_server
 
-SMALL = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 5}
 BROKEN = "Revision broken-predictor-00001 failed: container kserve-container OOMKilled"
 
 
@@ -79,7 +78,8 @@ async def test_mcp_server_serves_discovered_inference_services(cluster, runtime,
                 assert models["broken"]["error"] == f"unavailable: not Ready ({BROKEN})"
 
                 result = await client.call_tool(
-                    "generate_image", {"prompt": "a red hat", "model": "painter", **SMALL}
+                    "generate_image",
+                    {"prompt": "a red hat", "model": "painter", **SMALL, "seed": 5},
                 )
                 assert not result.is_error, text_of(result)
                 assert result.structured_content["model"] == "painter"
@@ -87,7 +87,7 @@ async def test_mcp_server_serves_discovered_inference_services(cluster, runtime,
                 assert image_size(base64.b64decode(image.data)) == (64, 64)
 
                 refused = await client.call_tool(
-                    "generate_image", {"prompt": "a red hat", "model": "broken", **SMALL}
+                    "generate_image", {"prompt": "a red hat", "model": "broken", **SMALL, "seed": 5}
                 )
                 assert refused.is_error
                 assert f"Model 'broken' is unavailable: not Ready ({BROKEN})" in text_of(refused)

@@ -11,14 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support import (
-    REPO,
-    ServerProcess,
-    free_port,
-    run_server,
-    start_mcp_server,
-    tiny_model_dir,
-)
+from tests.support import REPO, ServerProcess, free_port, start_mcp_server, start_runtime
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +54,7 @@ def late_runtime(tmp_path_factory: pytest.TempPathFactory) -> LateRuntime:
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        with run_server(
-            ["-m", "diffusers_runtime", "--http_port", str(port), "--enable_grpc", "false"],
-            port=port,
-            ready_path="/v1/models/model",
-            env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model"},
-            log_path=tmp_path_factory.mktemp("late-runtime") / "runtime.log",
-        ):
+        with start_runtime(tmp_path_factory.mktemp("late-runtime"), port=port):
             output, _ = gate.communicate(timeout=60)
     finally:
         if gate.poll() is None:

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.mcp_server.helpers import SMALL, image_size
+from tests.helpers import SMALL, image_size
 from tests.support import ServerProcess, start_mcp_server
 
 TOKEN = "s3cret-token-for-tests"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from mcp import Client
 
+from tests.helpers import SMALL
 from tests.mcp_server.conftest import LateRuntime
-from tests.mcp_server.helpers import SMALL
 from tests.support import ServerProcess, start_mcp_server
 
 TIMEOUT = 2.0

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.mcp_server.helpers import image_size, metric
+from tests.helpers import image_size, metric
 from tests.support import ServerProcess
 
 STEPS = {"num_inference_steps": 4}

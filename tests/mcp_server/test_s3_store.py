@@ -14,7 +14,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.helpers import LONG, SMALL, image_size
+from tests.helpers import LONG, SMALL, image_size
 from tests.support import ServerProcess, free_port, run_server, start_mcp_server
 
 BUCKET = "diffusers-images"

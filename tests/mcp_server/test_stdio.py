@@ -9,7 +9,7 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.mcp_server.helpers import SMALL, image_size
+from tests.helpers import SMALL, image_size
 from tests.support import REPO, ServerProcess
 
 

@@ -1,5 +1,5 @@
 """Processes shared by the reliability tests: a runtime with small limits (every request the
-fuzzers and the load test can make is cheap), and helpers to run the MCP server beside it."""
+fuzzers and the load test can make is cheap), and the MCP server the hostile tests attack."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ServerProcess, start_runtime
+from tests.reliability.hostile import TOKEN
+from tests.support import ServerProcess, start_mcp_server, start_runtime
 
 # Small limits: any request that passes validation costs at most 128x128 pixels x 4 steps.
 SMALL_RUNTIME = {
@@ -21,6 +22,20 @@ SMALL_RUNTIME = {
 @pytest.fixture(scope="package")
 def small_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with start_runtime(tmp_path_factory.mktemp("small-runtime"), **SMALL_RUNTIME) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hostile_server(
+    small_runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The MCP server the hostile-input tests attack (one per module): a token, quiet logs."""
+    with start_mcp_server(
+        tmp_path_factory.mktemp("hostile"),
+        DIFFUSERS_RUNTIME_URL=small_runtime.url,
+        MCP_AUTH_TOKEN=TOKEN,
+        LOG_LEVEL="WARNING",
+    ) as server:
         yield server
 
 

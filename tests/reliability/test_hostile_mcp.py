@@ -5,8 +5,6 @@ that names the problem; the server never fails and keeps serving."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import httpx2
 import pytest
@@ -17,8 +15,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess, start_mcp_server
+from tests.reliability.hostile import AUTH, TRIED
+from tests.support import ServerProcess
 
 ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
@@ -88,24 +86,11 @@ RESOURCE_URIS = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def server(
-    small_runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    with start_mcp_server(
-        tmp_path_factory.mktemp("hostile-mcp"),
-        DIFFUSERS_RUNTIME_URL=small_runtime.url,
-        MCP_AUTH_TOKEN=TOKEN,
-        LOG_LEVEL="WARNING",
-    ) as mcp:
-        yield mcp
-
-
-@pytest.fixture(scope="module")
-def call(server: ServerProcess):
+def call(hostile_server: ServerProcess):
     """One MCP session for every example: a blocking portal runs the async client."""
     with start_blocking_portal() as portal:
         http = httpx2.AsyncClient(headers=AUTH, timeout=60)
-        transport = streamable_http_client(f"{server.url}/mcp", http_client=http)
+        transport = streamable_http_client(f"{hostile_server.url}/mcp", http_client=http)
         with portal.wrap_async_context_manager(Client(transport)) as client:
 
             def invoke(method: str, *args):
@@ -134,18 +119,18 @@ FUZZ = settings(
 )
 
 
-def test_generate_image_arguments(call, server: ServerProcess) -> None:
+def test_generate_image_arguments(call, hostile_server: ServerProcess) -> None:
     @settings(FUZZ, max_examples=80)
     @given(arguments=GENERATE_ARGS)
     def check(arguments: dict) -> None:
         _check_tool(call, "generate_image", arguments)
 
     check()
-    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-    assert "Traceback" not in server.log()
+    assert httpx.get(f"{hostile_server.url}/health", timeout=5).status_code == 200
+    assert "Traceback" not in hostile_server.log()
 
 
-def test_edit_image_arguments(call, server: ServerProcess) -> None:
+def test_edit_image_arguments(call, hostile_server: ServerProcess) -> None:
     @settings(FUZZ, max_examples=40)
     @given(arguments=EDIT_ARGS)
     def check(arguments: dict) -> None:

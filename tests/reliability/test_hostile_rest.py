@@ -16,23 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess, start_mcp_server
+from tests.reliability.hostile import AUTH, TRIED
+from tests.support import ServerProcess
 
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
-
-
-@pytest.fixture(scope="module")
-def server(
-    small_runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    with start_mcp_server(
-        tmp_path_factory.mktemp("hostile-rest"),
-        DIFFUSERS_RUNTIME_URL=small_runtime.url,
-        MCP_AUTH_TOKEN=TOKEN,
-        LOG_LEVEL="WARNING",
-    ) as mcp:
-        yield mcp
 
 
 def assert_named_rejection(response: httpx.Response | object, what: str) -> None:
@@ -44,8 +31,8 @@ def assert_named_rejection(response: httpx.Response | object, what: str) -> None
         assert len(message) > 10, f"{what}: {message!r}"
 
 
-def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
+def test_schemathesis_finds_no_server_error(hostile_server: ServerProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"{hostile_server.url}/openapi.json", headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert any(op.path == "/v1/images/generations" for op in operations)
     for operation in operations:
@@ -60,7 +47,7 @@ def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def check(case) -> None:
-                response = case.call(base_url=server.url, headers=AUTH, timeout=60)
+                response = case.call(base_url=hostile_server.url, headers=AUTH, timeout=60)
                 TRIED[f"REST schemathesis {case.operation.method} {case.operation.path}"] += 1
                 assert_named_rejection(response, f"{case.operation.path} {case}")
 
@@ -69,8 +56,8 @@ def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
             except Unsatisfiable:
                 # No input to make invalid (e.g. GET /health): nothing negative to send.
                 assert mode == GenerationMode.NEGATIVE
-    assert server.process.poll() is None
-    assert "Traceback" not in server.log()
+    assert hostile_server.process.poll() is None
+    assert "Traceback" not in hostile_server.log()
 
 
 def post(server: ServerProcess, content: bytes, content_type: str | None = "application/json"):
@@ -101,16 +88,18 @@ HANDMADE = {
 
 
 @pytest.mark.parametrize("case", list(HANDMADE))
-def test_handmade_hostile_bodies_are_rejected_by_name(server: ServerProcess, case: str) -> None:
+def test_handmade_hostile_bodies_are_rejected_by_name(
+    hostile_server: ServerProcess, case: str
+) -> None:
     body, named = HANDMADE[case]
-    response = post(server, body)
+    response = post(hostile_server, body)
     TRIED[f"REST hand-made body: {case}"] += 1
     assert_named_rejection(response, case)
     if named is not None:
         assert response.status_code in (400, 413, 422), response.text[:300]
         message = response.json()["error"]["message"]
         assert named.lower() in message.lower(), message[:300]
-    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{hostile_server.url}/health", timeout=5).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -118,8 +107,10 @@ def test_handmade_hostile_bodies_are_rejected_by_name(server: ServerProcess, cas
     [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
      "application/xml", "application/json; charset=latin-1", "image/png"],
 )  # fmt: skip
-def test_wrong_content_types_are_rejected(server: ServerProcess, content_type: str | None) -> None:
-    response = post(server, b'{"prompt": "a cat", "size": "64x64"}', content_type)
+def test_wrong_content_types_are_rejected(
+    hostile_server: ServerProcess, content_type: str | None
+) -> None:
+    response = post(hostile_server, b'{"prompt": "a cat", "size": "64x64"}', content_type)
     TRIED["REST wrong content type"] += 1
     assert_named_rejection(response, str(content_type))
 
@@ -141,14 +132,16 @@ TRAVERSALS = [
 
 
 @pytest.mark.parametrize("image_id", TRAVERSALS)
-def test_path_traversal_in_image_ids_reads_nothing(server: ServerProcess, image_id: str) -> None:
-    response = httpx.get(f"{server.url}/v1/images/{image_id}", headers=AUTH, timeout=10)
+def test_path_traversal_in_image_ids_reads_nothing(
+    hostile_server: ServerProcess, image_id: str
+) -> None:
+    response = httpx.get(f"{hostile_server.url}/v1/images/{image_id}", headers=AUTH, timeout=10)
     TRIED["REST image id traversal"] += 1
     assert response.status_code in (400, 404, 422), (response.status_code, response.text[:200])
     assert b"root:" not in response.content and b"[fonts]" not in response.content
 
 
-def test_an_oversized_chunked_body_is_cut_off(server: ServerProcess) -> None:
+def test_an_oversized_chunked_body_is_cut_off(hostile_server: ServerProcess) -> None:
     """No Content-Length to check up front: the server stops reading at its cap."""
 
     def chunks() -> Iterator[bytes]:
@@ -158,7 +151,7 @@ def test_an_oversized_chunked_body_is_cut_off(server: ServerProcess) -> None:
         yield b'"}'
 
     response = httpx.post(
-        f"{server.url}/v1/images/generations",
+        f"{hostile_server.url}/v1/images/generations",
         content=chunks(),
         headers={**AUTH, "Content-Type": "application/json"},
         timeout=60,

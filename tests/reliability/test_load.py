@@ -18,7 +18,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.helpers import metric
+from tests.helpers import metric
 from tests.support import ServerProcess, start_mcp_server
 
 REQUESTS = 200

@@ -17,14 +17,12 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.mcp_server.helpers import SMALL
+from tests.helpers import LONG, SMALL
 from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, free_port, run_server, start_mcp_server, tiny_model_dir
+from tests.support import ServerProcess, free_port, start_mcp_server, start_runtime
 
 TIMEOUT = 20.0
 FAST_TIMEOUT = 3.0
-# About 10 s on the tiny model: long enough to kill the runtime in the middle of it.
-LONG = {"width": 256, "height": 256, "num_inference_steps": 100}
 
 
 class RestartableRuntime:
@@ -40,16 +38,9 @@ class RestartableRuntime:
 
     def start(self) -> ServerProcess:
         self.incarnations += 1
-        args = ["-m", "diffusers_runtime", "--http_port", str(self.port), "--enable_grpc", "false"]
-        self.server = self._stack.enter_context(
-            run_server(
-                args,
-                port=self.port,
-                ready_path="/v1/models/model",
-                env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model"},
-                log_path=self.log_dir / f"runtime-{self.incarnations}.log",
-            )
-        )
+        log_dir = self.log_dir / f"incarnation-{self.incarnations}"
+        log_dir.mkdir()
+        self.server = self._stack.enter_context(start_runtime(log_dir, port=self.port))
         return self.server
 
     def close(self) -> None:

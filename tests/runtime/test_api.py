@@ -6,7 +6,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.runtime.helpers import SMALL, decode, predict
+from tests.helpers import SMALL
+from tests.runtime.helpers import decode, predict
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.runtime.helpers import SMALL, decode, metric, predict
+from tests.helpers import SMALL, metric
+from tests.runtime.helpers import decode, predict
 
 # Long enough on the tiny model (about 0.1 s a step at 256x256) to act during it.
 LONG = {"width": 256, "height": 256, "num_inference_steps": 50}

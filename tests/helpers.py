@@ -1,0 +1,33 @@
+"""What tests of every package check again and again: small requests, image sizes, metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
+# Long enough (about 10 s on the tiny model) that a cancellation clearly stops it early.
+LONG = {"width": 256, "height": 256, "num_inference_steps": 100}
+
+
+def image_size(data: bytes | str) -> tuple[int, int]:
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    with Image.open(io.BytesIO(raw)) as image:
+        image.load()
+        return image.size
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of one Prometheus metric whose labels include LABELS (all of
+    them when none are given); 0 when there is none."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
