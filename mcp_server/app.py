@@ -7,7 +7,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import httpx
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -217,7 +219,36 @@ class RequestMiddleware:
 
 def create_app(settings: Settings) -> FastAPI:
     components = build_components(settings)
-    mcp_http = components.mcp.streamable_http_app(
+    app = FastAPI(
+        title="diffusers-mcp",
+        version="0.1.0",
+        description="Image generation for MCP clients (at /mcp) and OpenAI-style REST clients.",
+        lifespan=_lifespan(components),
+        exception_handlers={
+            ServiceError: _service_error,
+            RequestValidationError: _invalid_request,
+            StarletteHTTPException: _http_error,
+        },
+    )
+    app.state.components = components
+    app.include_router(build_router(components.service, settings.public_url))
+    app.add_api_route(
+        "/metrics",
+        _prometheus,
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    # The SDK app's own route (/mcp) after the REST routes, rather than mounting its app at
+    # "/": a catch-all mount would answer every unknown path and method in place of FastAPI.
+    app.router.routes.extend(_mcp_app(components.mcp, settings).routes)
+    app.add_middleware(RequestMiddleware, token=settings.mcp_auth_token)
+    return app
+
+
+def _mcp_app(mcp: MCPServer, settings: Settings) -> Starlette:
+    return mcp.streamable_http_app(
         streamable_http_path="/mcp",
         # Stateless: any replica can answer any request. SSE (not JSON) responses, because
         # JSON responses carry neither progress notifications nor cancellation.
@@ -229,6 +260,10 @@ def create_app(settings: Settings) -> FastAPI:
             allowed_origins=settings.mcp_allowed_origins,
         ),
     )
+
+
+def _lifespan(components: Components) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    settings = components.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -248,52 +283,32 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         await components.aclose()
 
-    app = FastAPI(
-        title="diffusers-mcp",
-        version="0.1.0",
-        description="Image generation for MCP clients (at /mcp) and OpenAI-style REST clients.",
-        lifespan=lifespan,
-    )
-    app.state.components = components
+    return lifespan
 
-    @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> Response:
-        return error_response(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(validation_problem(exc.errors()))
+async def _service_error(_: Request, exc: ServiceError) -> Response:
+    return error_response(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        # FastAPI's own rejections (a body it cannot parse, an unknown path) in the error shape
-        # every other answer has, so OpenAI clients show the message.
-        if isinstance(exc.__cause__, BodyTooLargeError):
-            return _too_large()
-        message = str(exc.detail)
-        if message == "There was an error parsing the body":
-            message = (
-                "Invalid request: the body could not be parsed as JSON (it must be UTF-8, "
-                "nested at most a few hundred levels, with numbers of sane size)."
-            )
-        error = InvalidRequestError(message, param="body")
-        error.status = exc.status_code
-        return error_response(error, headers=exc.headers)
 
-    app.include_router(build_router(components.service, settings.public_url))
+async def _invalid_request(_: Request, exc: RequestValidationError) -> Response:
+    return error_response(validation_problem(exc.errors()))
 
-    @app.get(
-        "/metrics",
-        tags=["health"],
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-    )
-    async def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    # The SDK app's own route (/mcp) after the REST routes, rather than mounting its app at
-    # "/": a catch-all mount would answer every unknown path and method in place of FastAPI.
-    app.router.routes.extend(mcp_http.routes)
-    app.add_middleware(RequestMiddleware, token=settings.mcp_auth_token)
-    return app
+async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own rejections (a body it cannot parse, an unknown path) in the error shape
+    every other answer has, so OpenAI clients show the message."""
+    if isinstance(exc.__cause__, BodyTooLargeError):
+        return _too_large()
+    message = str(exc.detail)
+    if message == "There was an error parsing the body":
+        message = (
+            "Invalid request: the body could not be parsed as JSON (it must be UTF-8, "
+            "nested at most a few hundred levels, with numbers of sane size)."
+        )
+    error = InvalidRequestError(message, param="body")
+    error.status = exc.status_code
+    return error_response(error, headers=exc.headers)
+
+
+async def _prometheus() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
