@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,7 +68,7 @@ class OpenAIFields(BaseModel):
                     param="size",
                 )
             width, height = int(match[1]), int(match[2])
-        ours = self.model_dump(exclude=set(OpenAIFields.model_fields)) | edit
+        ours = self.model_dump(include=set(GenerationRequest.model_fields)) | edit
         try:
             return GenerationRequest(**ours, width=width, height=height, num_images=self.n)
         except ValidationError as exc:
@@ -80,11 +80,20 @@ class ImageGenerationRequest(OpenAIFields, EditFields, PromptFields):
 
 
 class ImageEditForm(OpenAIFields, PromptFields):
-    """OpenAI's `POST /v1/images/edits` form fields (the images come as files)."""
+    """OpenAI's `POST /v1/images/edits` multipart form."""
 
-    # FastAPI validates the whole form against this model, the file parts included.
+    # Unknown parts are ignored, as OpenAI's endpoint does.
     model_config = ConfigDict(extra="ignore")
 
+    image_file: UploadFile | None = Field(
+        None, alias="image", description="PNG, JPEG or WebP to edit."
+    )
+    image_files: list[UploadFile] | None = Field(
+        None, alias="image[]", description="OpenAI's array form; the first one is edited."
+    )
+    mask: UploadFile | None = Field(
+        None, description="Same size as the image; transparent (or white) = repaint."
+    )
     strength: Strength = None
 
 
@@ -144,23 +153,14 @@ class Routes:
     async def edit(
         self,
         request: Request,
-        form: Annotated[ImageEditForm, Form()],
-        image: Annotated[UploadFile | None, File(description="PNG, JPEG or WebP to edit.")] = None,
-        images: Annotated[
-            list[UploadFile] | None,
-            File(alias="image[]", description="OpenAI's array form; the first one is edited."),
-        ] = None,
-        mask: Annotated[
-            UploadFile | None,
-            File(description="Same size as the image; transparent (or white) = repaint."),
-        ] = None,
+        form: Annotated[ImageEditForm, Form(media_type="multipart/form-data")],
     ) -> Any:
-        source = image or (images[0] if images else None)
+        source = form.image_file or (form.image_files[0] if form.image_files else None)
         if source is None:
             raise InvalidRequestError(
                 "image: required; send the image to edit as a multipart file", param="image"
             )
-        generation = form.generation(image=await _b64(source), mask_image=await _b64(mask))
+        generation = form.generation(image=await _b64(source), mask_image=await _b64(form.mask))
         return await self._serve(form, generation, request, "POST /v1/images/edits")
 
     async def models(self) -> dict[str, Any]:

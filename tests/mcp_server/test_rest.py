@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from mcp_server.generation import PromptFields
 from tests.helpers import image_size, metric
 from tests.support import ServerProcess
 
@@ -92,6 +93,11 @@ def test_models_health_ready_metrics_and_image_ids(
     assert gone.status_code == 404 and "expired" in gone.json()["error"]["message"]
     docs = httpx.get(f"{mcp_server.url}/openapi.json").json()
     assert "/v1/images/generations" in docs["paths"]
+    # Both bodies offer every shared field (declared once, in PromptFields).
+    bodies = docs["components"]["schemas"]
+    for body in ("ImageGenerationRequest", "ImageEditForm"):
+        assert set(PromptFields.model_fields) <= set(bodies[body]["properties"]), body
+    assert {"image", "image[]", "mask", "strength"} <= set(bodies["ImageEditForm"]["properties"])
 
 
 def test_request_id_reaches_the_runtime(mcp_server: ServerProcess, runtime: ServerProcess) -> None:
