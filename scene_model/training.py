@@ -1,4 +1,4 @@
-"""Training, in three stages that each checkpoint and resume: autoencoder, latents, denoiser.
+"""Training, in stages that each checkpoint and resume: autoencoder, decoder, latents, denoiser.
 
 Everything random is drawn from generators seeded by (seed, stage, step), so a run stopped and
 resumed at a checkpoint goes on exactly as an uninterrupted one would, and two runs on the
@@ -31,16 +31,19 @@ class Reconstruction:
     batch: int
     size: int
     lr: float
+    # Extra weight on the shape's own pixels: a small shape is a few percent of the picture,
+    # too little for a plain per-pixel loss to get its colour right.
+    shape_weight: float = 0.0
 
 
 @dataclass(frozen=True)
 class Plan:
     autoencoder: Reconstruction = Reconstruction("autoencoder", 2000, 24, 64, 1e-3)
-    decoder: Reconstruction = Reconstruction("decoder", 1000, 8, 128, 3e-4)
+    decoder: Reconstruction = Reconstruction("decoder", 1500, 8, 128, 3e-4, shape_weight=1.0)
     # Latent pools the denoiser trains on: (picture size, pictures, batch size).
-    pools: tuple[tuple[int, int, int], ...] = ((128, 40_000, 32), (64, 16_000, 48), (256, 4_000, 8))
+    pools: tuple[tuple[int, int, int], ...] = ((128, 24_000, 32), (64, 12_000, 48), (256, 2_500, 8))
     pool_weights: tuple[float, ...] = (0.65, 0.2, 0.15)
-    denoiser_steps: int = 14_000
+    denoiser_steps: int = 11_000
     denoiser_lr: float = 6e-4
     warmup: int = 400
     ema_decay: float = 0.999
@@ -71,7 +74,7 @@ def _save(path: Path, state: dict) -> None:
     partial.replace(path)
 
 
-# --- Stages 1 and 4: the autoencoder, then its decoder alone --------------------------------
+# --- Stages 1 and 2: the autoencoder, then its decoder alone --------------------------------
 
 
 def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, params) -> None:
@@ -88,17 +91,18 @@ def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, par
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step")
     while step < stage.steps:
         rng = _rng(stage.name, step)
-        images = to_tensor(
-            [
-                scenes.render(scenes.random_scene(rng, held_out), stage.size)
-                for _ in range(stage.batch)
-            ]
-        )
+        drawn = [scenes.random_scene(rng, held_out) for _ in range(stage.batch)]
+        images = to_tensor([scenes.render(scene, stage.size) for scene in drawn])
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample(_generator(f"{stage.name}-noise", step))).sample
         # L1 keeps edges sharp and colours exact; a whisper of KL keeps the latents tame.
         loss = F.l1_loss(decoded, images) + F.mse_loss(decoded, images)
         loss = loss + 1e-6 * posterior.kl().mean()
+        if stage.shape_weight:
+            background = to_tensor([[[scenes.COLOURS[s.background]]] for s in drawn])
+            shape = ((images - background).abs().sum(1, keepdim=True) > 0.05).float()
+            error = (decoded - images).abs() + (decoded - images) ** 2
+            loss = loss + stage.shape_weight * (error * shape).sum() / (3 * shape.sum() + 1)
         for group in optimizer.param_groups:
             group["lr"] = stage.lr * 0.5 * (1 + math.cos(math.pi * step / stage.steps))
         optimizer.zero_grad(set_to_none=True)
@@ -135,7 +139,7 @@ def refine_decoder(work: Path, vae, plan: Plan) -> None:
     vae.eval().requires_grad_(False)
 
 
-# --- Stage 2: latent pools --------------------------------------------------------------------
+# --- Stage 3: latent pools --------------------------------------------------------------------
 
 
 @dataclass
@@ -182,7 +186,7 @@ def build_pools(work: Path, vae, plan: Plan) -> list[Pool]:
     return pools
 
 
-# --- Stage 3: the denoiser and the text encoders ----------------------------------------------
+# --- Stage 4: the denoiser and the text encoders ----------------------------------------------
 
 
 class SilentT5Attention:
@@ -351,12 +355,12 @@ def train(work: Path, plan: Plan) -> None:
     torch.set_num_threads(plan.threads)
     work.mkdir(parents=True, exist_ok=True)
     vae = train_autoencoder(work, plan)
+    refine_decoder(work, vae, plan)
     shift, scale = latent_statistics(vae, plan)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     pools = build_pools(work, vae, plan)
     pipe = fresh_pipeline(vae)
     train_denoiser(work, pipe, pools, plan)
-    refine_decoder(work, vae, plan)
 
 
 def export(work: Path, out: Path, plan: Plan) -> int:
