@@ -8,7 +8,6 @@ import io
 from PIL import Image
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def encode(image: Image.Image, output_format: str) -> bytes:

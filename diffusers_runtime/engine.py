@@ -17,13 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 from PIL import Image
 
 from . import metrics
-from .errors import DeviceOutOfMemory, GenerationCancelled, GenerationFailed
+from .errors import DeviceOutOfMemory, GenerationCancelled, GenerationFailed, RuntimeFailure
 from .request import Generation
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class Engine:
             variant.set_progress_bar_config(disable=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._waiting: deque[Job] = deque()
-        self._arrived: asyncio.Event | None = None
+        # Binds to the event loop on first use (Python 3.10+), not here.
+        self._arrived = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._concurrent = False
 
@@ -101,7 +103,6 @@ class Engine:
         """Run one request; cancelling the awaiting task stops its share of the work."""
         loop = asyncio.get_running_loop()
         if self._dispatcher is None:
-            self._arrived = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch(), name="pipeline-dispatcher")
         job = Job(generation, request_id, on_progress, loop.create_future())
         self._waiting.append(job)
@@ -183,7 +184,7 @@ class Engine:
             log.info("pipeline call for %s stopped after step %s: all cancelled", ids, stop)
             return
         except torch.OutOfMemoryError as exc:
-            failure = DeviceOutOfMemory(
+            failure: RuntimeFailure = DeviceOutOfMemory(
                 f"the device ran out of memory generating {rows} image(s) of "
                 f"{batch[0].generation.width}x{batch[0].generation.height}; retry later, or "
                 "ask for fewer or smaller images (ENABLE_CPU_OFFLOAD and the slicing "
@@ -241,7 +242,9 @@ class Engine:
                 generators.append(torch.Generator("cpu").manual_seed(g.seed + index))
         last_step = [time.monotonic()]
 
-        def on_step_end(pipeline, step, _timestep, tensors):
+        def on_step_end(
+            pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
             now = time.monotonic()
             metrics.STEP_SECONDS.labels(self._model).observe(now - last_step[0])
             metrics.STEPS.labels(self._model).inc()
@@ -275,11 +278,13 @@ class Engine:
         # Only what this pipeline takes: img2img pipelines, for one, have no width/height.
         accepted = inspect.signature(pipe.__call__).parameters
         with torch.inference_mode():
-            images = pipe(**{k: v for k, v in kwargs.items() if k in accepted}).images
+            images: list[Image.Image] = pipe(
+                **{k: v for k, v in kwargs.items() if k in accepted}
+            ).images
         if first.mode == "inpaint":
             # The VAE round trip alters every pixel; outside the mask the source is kept exactly.
             images = [
-                Image.composite(out, src, mask)
+                Image.composite(out, src, mask) if src and mask else out
                 for out, src, mask in zip(images, sources, masks, strict=True)
             ]
         return images

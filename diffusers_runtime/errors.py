@@ -34,6 +34,10 @@ class DeviceOutOfMemory(RuntimeFailure):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ModelNotLoaded(RuntimeFailure):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class GenerationFailed(RuntimeFailure):
     pass
 
@@ -57,5 +61,5 @@ async def _runtime_failure(_: Request, exc: RuntimeFailure) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(BadRequest, _bad_request)
-    app.add_exception_handler(RuntimeFailure, _runtime_failure)
+    app.exception_handler(BadRequest)(_bad_request)
+    app.exception_handler(RuntimeFailure)(_runtime_failure)

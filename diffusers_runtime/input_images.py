@@ -14,8 +14,9 @@ import base64
 import binascii
 import io
 import warnings
+from typing import cast
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadRequest
 
@@ -47,7 +48,7 @@ def decode_image(data: str, field: str, max_bytes: int, max_pixels: int) -> Imag
         raise BadRequest(
             f"{field}: more than the limit of {max_pixels} pixels (a decompression bomb)"
         ) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise BadRequest(f"{field}: not a PNG, JPEG or WebP image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(f"{field}: truncated or corrupt image ({exc})") from None
@@ -86,7 +87,8 @@ def prepare_mask(
         )
     # White repaints, black keeps. A mask with transparency follows the OpenAI edits API
     # instead: fully transparent areas are the ones to edit.
-    if mask.mode in ("RGBA", "LA", "PA") and mask.getchannel("A").getextrema()[0] < 255:
-        mask = ImageOps.invert(mask.getchannel("A"))
+    alpha = mask.getchannel("A") if mask.mode in ("RGBA", "LA", "PA") else None
+    if alpha is not None and cast(tuple[int, int], alpha.getextrema())[0] < 255:
+        mask = ImageOps.invert(alpha)
     mask = mask.convert("L")
     return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)

@@ -54,7 +54,7 @@ def saved_dtype(folder: Path) -> torch.dtype:
         raise FileNotFoundError(
             f"DTYPE=native needs safetensors weights to read the saved dtype; none in {folder}"
         )
-    counts: Counter[torch.dtype] = Counter()
+    counts: Counter[str] = Counter()  # safetensors dtype names: F32, F16, BF16, ...
     for path in files:
         with safe_open(path, framework="pt") as weights:
             for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping

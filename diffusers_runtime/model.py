@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from . import metrics
 from .encoding import PIL_FORMATS, encoded_image
 from .engine import Engine, ProgressCallback
-from .errors import BadRequest, RuntimeFailure
+from .errors import BadRequest, ModelNotLoaded, RuntimeFailure
 from .loading import LoadedPipeline, load_pipeline
 from .logs import request_id as current_request_id
 from .request import Generation, Limits, parse
@@ -75,13 +75,21 @@ class DiffusersModel(kserve.Model):
         self.ready = True
         return self.ready
 
+    def _serving(self) -> tuple[LoadedPipeline, Engine, Limits]:
+        if self.loaded is None or self.engine is None or self.limits is None:
+            raise ModelNotLoaded(
+                f"model {self.name} is not loaded yet; retry when GET /v1/models/{self.name} "
+                "answers ready"
+            )
+        return self.loaded, self.engine, self.limits
+
     def capabilities(self) -> dict[str, Any]:
-        limits = self.limits
+        loaded, _, limits = self._serving()
         return {
             "model_name": self.name,
-            "pipeline": type(self.loaded.pipe).__name__,
-            "device": self.loaded.device,
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "pipeline": type(loaded.pipe).__name__,
+            "device": loaded.device,
+            "dtype": str(loaded.dtype).removeprefix("torch."),
             "max_pixels": limits.max_pixels,
             "max_steps": limits.max_steps,
             "max_images_per_request": limits.max_images_per_request,
@@ -109,7 +117,8 @@ class DiffusersModel(kserve.Model):
         """Generate and encode one request's images: one v1 prediction."""
         started = time.monotonic()
         try:
-            result = await self.engine.generate(generation, current_request_id.get(), on_progress)
+            _, engine, _ = self._serving()
+            result = await engine.generate(generation, current_request_id.get(), on_progress)
             encode_started = time.monotonic()
             images = await asyncio.to_thread(
                 lambda: [encoded_image(i, generation.output_format) for i in result.images]
@@ -142,7 +151,7 @@ class DiffusersModel(kserve.Model):
             "height": generation.height,
             "num_inference_steps": generation.num_inference_steps,
             "guidance_scale": generation.guidance_scale,
-            "scheduler": generation.scheduler or type(self.loaded.pipe.scheduler).__name__,
+            "scheduler": generation.scheduler or type(self._serving()[0].pipe.scheduler).__name__,
             "output_format": generation.output_format,
             "mode": generation.mode,
             **self._edit_fields(generation),
@@ -157,7 +166,7 @@ class DiffusersModel(kserve.Model):
 
     @staticmethod
     def _edit_fields(generation: Generation) -> dict[str, Any]:
-        if generation.mode == "text":
+        if generation.strength is None:  # text-to-image
             return {}
         # Diffusers skips the first (1 - strength) of the schedule: say how many steps ran.
         effective = min(
@@ -173,8 +182,8 @@ class DiffusersModel(kserve.Model):
         return [task.result() for task in tasks]
 
     async def predict(
-        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
-    ) -> dict | InferResponse:
+        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | InferResponse:
         current_request_id.set((headers or {}).get("x-request-id") or uuid.uuid4().hex[:16])
         try:
             if isinstance(payload, InferRequest):
@@ -206,7 +215,7 @@ class DiffusersModel(kserve.Model):
         return [
             parse(
                 {**defaults, **raw} if isinstance(raw, dict) else raw,
-                self.limits,
+                self._serving()[2],
                 f"instances[{index}].",
             )
             for index, raw in enumerate(instances)
@@ -220,7 +229,9 @@ class DiffusersModel(kserve.Model):
         fields = dict(request.parameters or {})
         generations = [
             parse(
-                {**fields, "prompt": prompt}, self.limits, f"inputs.prompt[{index}] / parameters."
+                {**fields, "prompt": prompt},
+                self._serving()[2],
+                f"inputs.prompt[{index}] / parameters.",
             )
             for index, prompt in enumerate(prompts)
         ]
@@ -245,10 +256,10 @@ class DiffusersModel(kserve.Model):
             },
         )
 
-    def get_input_types(self) -> list[dict]:
+    def get_input_types(self) -> list[dict[str, Any]]:
         return [{"name": "prompt", "datatype": "BYTES", "shape": [-1]}]
 
-    def get_output_types(self) -> list[dict]:
+    def get_output_types(self) -> list[dict[str, Any]]:
         return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import BadRequest
 from .input_images import decode_image, output_size, prepare_mask, prepare_source
@@ -94,7 +95,7 @@ class Generation:
         )
 
 
-def _describe(error: dict[str, Any], where: str) -> str:
+def _describe(error: ErrorDetails, where: str) -> str:
     field = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         valid = ", ".join(GenerationRequest.model_fields)
@@ -165,7 +166,7 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
     if problems:
         raise BadRequest("; ".join(problems))
     source, mask = edit or (None, None)
-    mode = "inpaint" if mask else "image" if source else "text"
+    mode: Mode = "inpaint" if mask else "image" if source else "text"
     return Generation(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -183,7 +184,11 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         output_format=request.output_format,
         mode=mode,
         image=prepare_source(source, (width, height)) if source else None,
-        mask=prepare_mask(mask, source, (width, height), f"{where}mask_image") if mask else None,
+        mask=(
+            prepare_mask(mask, source, (width, height), f"{where}mask_image")
+            if mask and source
+            else None
+        ),
         strength=strength,
     )
 

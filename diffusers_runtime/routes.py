@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -20,7 +21,7 @@ def sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     # The stream may be gone when the task ends; read its outcome so asyncio does not log it.
     if not task.cancelled():
         task.exception()
@@ -35,7 +36,7 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
         return model
 
     @app.get("/v1/models/{model_name}/capabilities", tags=["diffusers"])
-    async def capabilities(model_name: str) -> dict:
+    async def capabilities(model_name: str) -> dict[str, Any]:
         """Limits, defaults, schedulers and formats this runtime accepts."""
         return served(model_name).capabilities()
 
