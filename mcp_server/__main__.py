@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     if args.transport == "stdio":
         # Image URLs need an HTTP server; over stdio, images are read through resources
         # unless PUBLIC_URL points at an HTTP replica sharing the store.

@@ -31,7 +31,7 @@ from mcp_server.errors import (
     UnauthorizedError,
 )
 from mcp_server.jobs import JobManager
-from mcp_server.logs import new_request_id, request_id_var
+from mcp_server.logs import ACCESS_LOGGER, new_request_id, request_id_var
 from mcp_server.mcp_app import build_mcp
 from mcp_server.registry import ModelRegistry
 from mcp_server.rest import build_router, validation_problem
@@ -40,6 +40,7 @@ from mcp_server.settings import Settings
 from mcp_server.store import make_store
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:/+=-]")
 # The largest body any route needs: an edit's source image and mask as base64 (the runtime takes
@@ -206,7 +207,8 @@ class RequestMiddleware:
             metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
             metrics.HTTP_SECONDS.labels(route).observe(elapsed)
             if scope["path"] not in ("/health", "/metrics"):
-                log.info(
+                access_log.log(
+                    logging.INFO if status < 400 else logging.WARNING,
                     "%s %s -> %s in %.0f ms",
                     scope.get("method"),
                     scope["path"],

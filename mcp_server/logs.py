@@ -1,4 +1,9 @@
-"""Structured (one JSON object per line) logs on stderr, each carrying the request id."""
+"""Logs on stderr: short text lines for a terminal, or JSON lines with the request id.
+
+`LOG_FORMAT=text` (the default, what `make run` shows) leaves out the per-request access lines
+of successful requests: the runtime's own line already says what was generated. `json` (the
+container image's default) keeps everything, each line carrying the request id.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import time
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+
+# The middleware's one line per request (method, path, status, time).
+ACCESS_LOGGER = "mcp_server.access"
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
@@ -38,10 +46,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str) -> None:
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+
+
+def configure(level: str, log_format: str = "json") -> None:
     """Everything to stderr: over stdio, stdout belongs to the MCP protocol."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -51,3 +64,6 @@ def configure(level: str) -> None:
     # Per-request access lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if log_format == "text" and logging.getLevelName(level) > logging.DEBUG:
+        # Failed requests are logged as warnings and still show.
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.WARNING)

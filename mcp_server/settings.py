@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(default=30, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Text for a terminal; the container image sets json, what log collectors expect.
+    log_format: Literal["text", "json"] = "text"
     wait_timeout_seconds: float = Field(default=300, gt=0)
 
     # Model discovery (mcp_server/discovery.py): KServe InferenceServices carrying the label.

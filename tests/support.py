@@ -131,6 +131,7 @@ def start_mcp_server(log_dir: Path, **env: str) -> Iterator[ServerProcess]:
         "MCP_AUTH_TOKEN": "",
         "PUBLIC_URL": "",
         "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
         **env,
     }
     with run_server(
