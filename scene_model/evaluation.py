@@ -66,14 +66,22 @@ def evaluation_scenes(count: int) -> list[scenes.Scene]:
     return [scenes.Scene(*combo) for combo in chosen]
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], size: int, steps: int, **kwargs):
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    size: int,
+    steps: int,
+    guidance_scale: float = GUIDANCE,
+    **kwargs,
+):
     return pipe(
         prompts,
         height=size,
         width=size,
         num_inference_steps=steps,
         generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-        guidance_scale=GUIDANCE,
+        guidance_scale=guidance_scale,
         **kwargs,
     ).images
 

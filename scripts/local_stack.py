@@ -1,8 +1,8 @@
 """`make run`: the diffusers runtime and the MCP server together on 127.0.0.1.
 
-Reads MODEL_ID (the model folder the Makefile built), RUNTIME_PORT (8080) and MCP_PORT (8000);
-prints the MCP URL, client configs and a curl example once both are ready; Ctrl-C or SIGTERM
-stops both.
+Reads MODEL_ID (default: the shipped models/default), RUNTIME_PORT (8080) and MCP_PORT (8000);
+once both are ready prints the MCP URL, client configs and a curl example, then draws a first
+picture through the REST API and says where it is; Ctrl-C or SIGTERM stops both.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from types import FrameType
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "models" / "default"
+FIRST_PROMPT = "a red circle on a blue background"
+FIRST_PICTURE = REPO / ".cache" / "first-picture.png"
+# The default model knows only its scene language; these show what it can draw.
+SCENE_EXAMPLES = (
+    "a small yellow star in the top left corner on a purple background",
+    "black background, large white ring",
+    "a big green triangle at the bottom right on a pink background",
+)
 # A real model may first download gigabytes; Ctrl-C ends the wait sooner.
 READY_TIMEOUT_SECONDS = 1800
 
@@ -95,7 +104,27 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
                 process.wait(5)
 
 
-def banner(mcp_port: int, runtime_port: int) -> str:
+def first_picture(mcp_port: int) -> str:
+    """Draw one picture through the REST API, as a user would, and save it."""
+    started = time.monotonic()
+    answer = httpx.post(
+        f"http://127.0.0.1:{mcp_port}/v1/images/generations",
+        json={"prompt": FIRST_PROMPT, "response_format": "url", "seed": 0},
+        timeout=300,
+    )
+    if answer.status_code != 200:
+        return f"First picture failed ({answer.status_code}): {answer.text[:300]}"
+    url = answer.json()["data"][0]["url"]
+    FIRST_PICTURE.parent.mkdir(parents=True, exist_ok=True)
+    FIRST_PICTURE.write_bytes(httpx.get(url, timeout=30).content)
+    seconds = time.monotonic() - started
+    return (
+        f'First picture, "{FIRST_PROMPT}" ({seconds:.1f} s):\n'
+        f"  file: {FIRST_PICTURE}\n  url:  {url}"
+    )
+
+
+def banner(mcp_port: int, runtime_port: int, default_model: bool) -> str:
     mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
     http_config = {"mcpServers": {"diffusers": {"type": "http", "url": mcp_url}}}
     stdio_config = {
@@ -108,10 +137,21 @@ def banner(mcp_port: int, runtime_port: int) -> str:
             }
         }
     }
+    prompt = SCENE_EXAMPLES[0] if default_model else "a lighthouse at dusk"
     curl = (
         f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations "
         "-H 'Content-Type: application/json' "
-        '-d \'{"prompt": "a lighthouse at dusk", "size": "256x256", "response_format": "url"}\''
+        f'-d \'{{"prompt": "{prompt}", "response_format": "url"}}\''
+    )
+    examples = (
+        [
+            "",
+            "The default model draws one shape (circle, square, triangle, star, ring) in one of",
+            "ten colours, at a position and size, on a coloured background. Try:",
+            *(f"  {example}" for example in SCENE_EXAMPLES),
+        ]
+        if default_model
+        else []
     )
     return "\n".join(
         [
@@ -129,6 +169,7 @@ def banner(mcp_port: int, runtime_port: int) -> str:
             "",
             "Try it:",
             curl,
+            *examples,
             "",
             "Ctrl-C stops both.",
             "=" * 72,
@@ -138,7 +179,7 @@ def banner(mcp_port: int, runtime_port: int) -> str:
 
 
 def main() -> int:
-    model_id = os.environ.get("MODEL_ID", str(REPO / ".cache" / "tiny-sd"))
+    model_id = os.environ.get("MODEL_ID", str(DEFAULT_MODEL))
     runtime_port = int(os.environ.get("RUNTIME_PORT", "8080"))
     mcp_port = int(os.environ.get("MCP_PORT", "8000"))
     for name, port, variable in (
@@ -183,7 +224,9 @@ def main() -> int:
         processes.append(server)
         wait_ready("runtime", runtime, f"http://127.0.0.1:{runtime_port}/v1/models/model", stopping)
         wait_ready("MCP server", server, f"http://127.0.0.1:{mcp_port}/ready", stopping)
-        print(banner(mcp_port, runtime_port), flush=True)
+        default_model = Path(model_id).resolve() == DEFAULT_MODEL
+        print(banner(mcp_port, runtime_port, default_model), flush=True)
+        print(first_picture(mcp_port), flush=True)
         while not stopping.wait(0.5):
             for process, name in ((runtime, "runtime"), (server, "MCP server")):
                 if process.poll() is not None:

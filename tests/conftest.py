@@ -1,4 +1,10 @@
-"""Fixtures shared by every test package: the real runtime on the tiny model."""
+"""Fixtures shared by every test package: the real runtime, on either model.
+
+`runtime` serves the random-weight tiny model (`diffusers_runtime.tiny`): every test that needs
+a working pipeline but not a meaningful picture uses it, because it is about ten times faster.
+`default_runtime` serves the shipped, trained `models/default`: the tests that check what is in
+the picture (tests/runtime/test_pictures.py, the first picture of `make run`) use it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ServerProcess, start_runtime, tiny_model_dir
+from tests.support import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -18,4 +24,13 @@ def tiny_model() -> str:
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One runtime process for the whole session, serving the tiny model as `model`."""
     with start_runtime(tmp_path_factory.mktemp("runtime")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One runtime process for the whole session, serving the shipped default model."""
+    with start_runtime(
+        tmp_path_factory.mktemp("default-runtime"), MODEL_ID=str(DEFAULT_MODEL)
+    ) as server:
         yield server

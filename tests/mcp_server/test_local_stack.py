@@ -1,4 +1,5 @@
-"""`make run`'s script: both processes up, the banner printed, SIGINT stops both."""
+"""`make run`'s script: both processes up, the banner and a first picture of what it promises
+printed, SIGINT stops both."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
-from tests.support import REPO, free_port, tiny_model_dir
+from scene_model import analysis
+from tests.support import DEFAULT_MODEL, REPO, free_port
 
 
 def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
@@ -22,7 +26,7 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
         cwd=REPO,
         env={
             **os.environ,
-            "MODEL_ID": str(tiny_model_dir()),
+            "MODEL_ID": str(DEFAULT_MODEL),
             "RUNTIME_PORT": str(runtime_port),
             "MCP_PORT": str(mcp_port),
         },
@@ -38,7 +42,7 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
             line = stack.stdout.readline()
             assert line, "".join(lines[-30:])
             lines.append(line)
-            if line.startswith("Ctrl-C stops both"):
+            if line.startswith("  url:"):
                 break
         output = "".join(lines)
         assert f"MCP server ready:  http://127.0.0.1:{mcp_port}/mcp" in output
@@ -47,6 +51,14 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
         assert config["mcpServers"]["diffusers"]["url"] == f"http://127.0.0.1:{mcp_port}/mcp"
         assert f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations" in output
         assert httpx.get(f"http://127.0.0.1:{mcp_port}/ready", timeout=10).status_code == 200
+        # The first picture is the one announced, saved where it says, and served at its URL.
+        assert 'First picture, "a red circle on a blue background"' in output
+        path = output.split("  file: ", 1)[1].split("\n", 1)[0]
+        url = output.split("  url:  ", 1)[1].split("\n", 1)[0]
+        picture = Image.open(path)
+        reading = analysis.read(picture)
+        assert (reading.colour, reading.shape, reading.background) == ("red", "circle", "blue")
+        assert httpx.get(url, timeout=10).content == Path(path).read_bytes()
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 0

@@ -1,0 +1,162 @@
+"""What is in the picture: the runtime serving the shipped default model draws what it is asked.
+
+Each test reads its pictures back with `scene_model.analysis` (colours, mask, moments) and
+checks the attributes the request named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusers_runtime.engine import Engine
+from diffusers_runtime.loading import load_pipeline
+from diffusers_runtime.request import Generation
+from diffusers_runtime.settings import RuntimeSettings
+from scene_model import analysis, scenes
+from tests.runtime.helpers import decode, predict
+from tests.support import DEFAULT_MODEL
+
+
+def png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def generate(url: str, **instance) -> dict:
+    answer = predict(url, {"seed": 0, **instance})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["predictions"][0]
+
+
+# prompt, then what the picture must show: colour, shape, background, position, size (None:
+# the prompt leaves it free).
+ASKED = [
+    ("a red circle on a blue background", "red", "circle", "blue", None, None),
+    (
+        "a small yellow star in the top left corner on a purple background",
+        "yellow", "star", "purple", "top left", "small",
+    ),
+    (
+        "black background, large white ring in the center",
+        "white", "ring", "black", "center", "large",
+    ),
+    (
+        "a big green triangle at the bottom right on a pink background",
+        "green", "triangle", "pink", "bottom right", "large",
+    ),
+    (
+        "a small orange square at the top on a cyan background",
+        "orange", "square", "cyan", "top", "small",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("prompt", "colour", "shape", "background", "position", "size"), ASKED)
+def test_the_picture_shows_what_the_prompt_asks(
+    default_runtime, prompt, colour, shape, background, position, size
+):
+    image = decode(generate(default_runtime.url, prompt=prompt)["image"])
+    assert image.size == (128, 128)  # the model's native size is the default
+    reading = analysis.read(image)
+    asked = dict(colour=colour, shape=shape, background=background, position=position, size=size)
+    wanted = {name: value for name, value in asked.items() if value is not None}
+    assert {name: getattr(reading, name) for name in wanted} == wanted
+
+
+def test_other_sizes_still_draw_the_scene(default_runtime):
+    for side in (64, 256):
+        image = decode(
+            generate(
+                default_runtime.url,
+                prompt="a large red square on a white background",
+                width=side,
+                height=side,
+            )["image"]
+        )
+        reading = analysis.read(image)
+        assert (image.size, reading.colour, reading.background) == ((side, side), "red", "white")
+
+
+def test_seeds_place_the_shape_where_the_prompt_leaves_it_free(default_runtime):
+    positions = {
+        analysis.read(
+            decode(generate(default_runtime.url, prompt="a small blue star", seed=seed)["image"])
+        ).position
+        for seed in range(6)
+    }
+    assert len(positions) >= 3, positions
+
+
+def test_a_low_strength_edit_keeps_the_composition(default_runtime):
+    source = scenes.Scene("square", "yellow", "blue", "top left", "large")
+    edited = decode(
+        generate(
+            default_runtime.url,
+            prompt="a large green square in the top left corner on a blue background",
+            image=png_b64(scenes.render(source, 128)),
+            strength=0.3,
+        )["image"]
+    )
+    reading = analysis.read(edited)
+    assert (reading.background, reading.position, reading.shape) == ("blue", "top left", "square")
+
+
+def test_inpainting_paints_the_asked_colour_in_the_mask_and_nothing_outside(default_runtime):
+    source = scenes.render(scenes.Scene("circle", "red", "white", "bottom right", "small"), 128)
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (8, 8, 72, 72))
+    result = decode(
+        generate(
+            default_runtime.url,
+            prompt="a large green square in the top left corner on a white background",
+            image=png_b64(source),
+            mask_image=png_b64(mask),
+            strength=1.0,
+        )["image"]
+    )
+    pixels = np.asarray(result, dtype=np.float32)
+    inside = np.asarray(mask) > 0
+    green = analysis.nearest_colour(pixels[inside]) == analysis.NAMES.index("green")
+    assert green.mean() > 0.3, f"only {green.mean():.0%} of the masked area is green"
+    outside = np.abs(pixels - np.asarray(source, dtype=np.float32))[~inside]
+    assert outside.max() <= 2, "pixels outside the mask changed"
+
+
+def test_a_batched_picture_matches_its_solo_picture_within_one_level():
+    pipe = load_pipeline(RuntimeSettings(model_id=str(DEFAULT_MODEL))).pipe
+    prompts = [
+        "a red circle in the center on a blue background",
+        "a white star on a black background",
+    ]
+
+    def generation(prompt: str) -> Generation:
+        return Generation(
+            prompt=prompt, negative_prompt=None, width=128, height=128, num_inference_steps=20,
+            guidance_scale=7.0, seed=3, num_images=1, scheduler=None, output_format="png",
+        )  # fmt: skip
+
+    async def scenario():
+        alone = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
+        batched = Engine(pipe, "m", max_batch_size=4, batch_window_seconds=0.05)
+        solo = [await alone.generate(generation(p), "r") for p in prompts]
+        together = await asyncio.gather(*(batched.generate(generation(p), "r") for p in prompts))
+        await alone.close()
+        await batched.close()
+        return solo, together
+
+    solo, together = asyncio.run(scenario())
+    assert [r.batch_size for r in together] == [2, 2]
+    for single, batch, colour in zip(solo, together, ("red", "white"), strict=True):
+        difference = np.abs(
+            np.asarray(single.images[0], dtype=np.int16)
+            - np.asarray(batch.images[0], dtype=np.int16)
+        )
+        assert difference.max() <= 1
+        assert analysis.read(batch.images[0]).colour == colour
