@@ -107,16 +107,22 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 def first_picture(mcp_port: int) -> str:
     """Draw one picture through the REST API, as a user would, and save it."""
     started = time.monotonic()
-    answer = httpx.post(
-        f"http://127.0.0.1:{mcp_port}/v1/images/generations",
-        json={"prompt": FIRST_PROMPT, "response_format": "url", "seed": 0},
-        timeout=300,
-    )
-    if answer.status_code != 200:
-        return f"First picture failed ({answer.status_code}): {answer.text[:300]}"
-    url = answer.json()["data"][0]["url"]
+    try:
+        answer = httpx.post(
+            f"http://127.0.0.1:{mcp_port}/v1/images/generations",
+            json={"prompt": FIRST_PROMPT, "response_format": "url", "seed": 0},
+            timeout=300,
+        )
+        if answer.status_code != 200:
+            return f"First picture failed ({answer.status_code}): {answer.text[:300]}"
+        url = answer.json()["data"][0]["url"]
+        picture = httpx.get(url, timeout=30)
+        picture.raise_for_status()
+    except httpx.HTTPError as exc:
+        # The stack keeps running: the user can still try, and the logs above say more.
+        return f"First picture failed: {type(exc).__name__}: {exc}"
     FIRST_PICTURE.parent.mkdir(parents=True, exist_ok=True)
-    FIRST_PICTURE.write_bytes(httpx.get(url, timeout=30).content)
+    FIRST_PICTURE.write_bytes(picture.content)
     seconds = time.monotonic() - started
     return (
         f'First picture, "{FIRST_PROMPT}" ({seconds:.1f} s):\n'
