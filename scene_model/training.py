@@ -43,7 +43,7 @@ class Plan:
     # Latent pools the denoiser trains on: (picture size, pictures, batch size).
     pools: tuple[tuple[int, int, int], ...] = ((128, 24_000, 32), (64, 12_000, 48), (256, 2_500, 8))
     pool_weights: tuple[float, ...] = (0.65, 0.2, 0.15)
-    denoiser_steps: int = 11_000
+    denoiser_steps: int = 8500
     denoiser_lr: float = 6e-4
     warmup: int = 400
     ema_decay: float = 0.999
@@ -335,7 +335,7 @@ def ema_pipeline(work: Path, vae):
     state = torch.load(work / "denoiser.pt", weights_only=False)
     for name, module in _trained_modules(pipe).items():
         module.load_state_dict(state["ema"][name])
-    return pipe.to(torch.float32), state["step"]
+    return pipe, state["step"]
 
 
 def fresh_pipeline(vae):
