@@ -365,9 +365,9 @@ def train(work: Path, plan: Plan) -> None:
 
 def export(work: Path, out: Path, plan: Plan) -> int:
     """Save the averaged weights as a diffusers folder; returns the denoiser step they are from."""
-    # The statistics are the encoder's, which the decoder stage leaves as it was.
-    shift, scale = latent_statistics(load_autoencoder(work), plan)
     vae = load_autoencoder(work, "decoder" if (work / "decoder.pt").exists() else "autoencoder")
+    # The statistics are the encoder's, which the decoder stage leaves exactly as it was.
+    shift, scale = latent_statistics(vae, plan)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     pipe, step = ema_pipeline(work, vae)
     pipe.save_pretrained(out, safe_serialization=True)
