@@ -31,6 +31,7 @@ from mcp_server.errors import (
     UnauthorizedError,
 )
 from mcp_server.jobs import JobManager
+from mcp_server.limiter import client_var
 from mcp_server.logs import ACCESS_LOGGER, new_request_id, request_id_var
 from mcp_server.mcp_app import build_mcp
 from mcp_server.registry import ModelRegistry
@@ -108,6 +109,15 @@ def _route_label(scope: Scope) -> str:
     return f"{scope.get('method', '')} {path}"
 
 
+def client_of(scope: Scope, headers: Mapping[bytes, bytes]) -> str:
+    """The client, for the per-client cap: the address the OpenShift router appended to
+    X-Forwarded-For (the last entry; those before it come from the client and can be forged),
+    else the peer's own address."""
+    forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip()
+    peer = scope.get("client")
+    return forwarded or (peer[0] if peer else "unknown")
+
+
 def error_response(exc: ServiceError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The REST translation of every ServiceError: OpenAI's error shape, so OpenAI clients
     surface `message`."""
@@ -173,6 +183,7 @@ class RequestMiddleware:
         offered = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = UNSAFE_ID_CHARACTERS.sub("", offered)[:64] or new_request_id()
         token = request_id_var.set(request_id)
+        client_token = client_var.set(client_of(scope, headers))
         started = time.monotonic()
         status = 500
 
@@ -217,6 +228,7 @@ class RequestMiddleware:
                     extra={"status": status, "duration_ms": round(elapsed * 1000, 1)},
                 )
             request_id_var.reset(token)
+            client_var.reset(client_token)
 
 
 def create_app(settings: Settings) -> FastAPI:

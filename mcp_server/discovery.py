@@ -13,6 +13,11 @@ recover from) and doubles as a check that the API server is still reachable: a w
 silently on a dead connection, a failed list marks the models stale at once. A new
 InferenceService is therefore usable, and a deleted or failing one reported, within one
 interval.
+
+Replicas: the same list pass reads the EndpointSlices of each predictor Service
+(`<isvc>-predictor` in RawDeployment) and counts its ready pods, so that admission grows and
+shrinks with the replicas KServe's autoscaler runs. Slices that cannot be read leave the count
+unknown (admission then assumes one replica) and say why in the namespace's status.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 RESOURCE = f"{PLURAL}.{GROUP}"
+SLICES = ("discovery.k8s.io", "v1", "endpointslices")
+SLICES_RESOURCE = "endpointslices.discovery.k8s.io"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MODEL_ID_ANNOTATION = "diffusers-mcp.io/model-id"
 # A model whose InferenceService disappeared stays listed as unavailable this long, so that
 # clients still using its name learn why it is gone rather than "unknown model".
@@ -78,6 +86,8 @@ class DiscoveredModel:
     # Why it is not usable (the Ready condition's message, a missing URL, its deletion).
     message: str = ""
     deleted_at: float | None = None
+    # Ready pods behind its predictor Service; None when unknown.
+    replicas: int | None = None
 
     @property
     def available(self) -> bool:
@@ -139,6 +149,8 @@ class NamespaceState:
     synced_at: float | None = None
     error: str | None = None
     failing_since: float | None = None
+    # Why the replicas of this namespace's models are unknown.
+    replicas_error: str | None = None
 
     def describe(self) -> dict[str, Any]:
         stale = self.error is not None and self.synced_at is not None
@@ -147,7 +159,27 @@ class NamespaceState:
             "stale": stale,
             "stale_since": _iso(self.failing_since) if stale else None,
             "error": self.error,
+            "replicas_error": self.replicas_error,
         }
+
+
+def ready_replicas(slices: list[dict[str, Any]]) -> dict[str, int]:
+    """Ready pods per Service from its EndpointSlices. A pod appears once per address family
+    (dual-stack clusters give each Service two slices), so pods are counted by name. A
+    terminating pod is not ready: a replica being scaled down stops counting at once."""
+    pods: dict[str, set[str]] = {}
+    for item in slices:
+        service = ((item.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not service:
+            continue
+        ready = pods.setdefault(service, set())
+        for endpoint in item.get("endpoints") or []:
+            # The API says an unset `ready` means ready.
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            target = (endpoint.get("targetRef") or {}).get("name")
+            ready.add(target or ",".join(endpoint.get("addresses") or []))
+    return {service: len(ready) for service, ready in pods.items()}
 
 
 def _api_message(body: Any) -> str:
@@ -225,17 +257,47 @@ class Discovery:
         )
         return list(answer.get("items") or [])
 
-    def _explain(self, exc: Exception, namespace: str) -> str:
+    def _list_slices(self, namespace: str) -> list[dict[str, Any]]:
+        answer = self._api.list_namespaced_custom_object(
+            *SLICES[:2],
+            namespace,
+            SLICES[2],
+            label_selector=SERVICE_NAME_LABEL,
+            _request_timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
+        )
+        return list(answer.get("items") or [])
+
+    async def _with_replicas(
+        self, namespace: str, models: dict[str, DiscoveredModel]
+    ) -> dict[str, DiscoveredModel]:
+        """MODELS with their ready replicas; unchanged (replicas unknown) when the slices
+        cannot be read, which the namespace's status then explains."""
+        state = self.states[namespace]
+        try:
+            counts = ready_replicas(await asyncio.to_thread(self._list_slices, namespace))
+        except Exception as exc:
+            error = self._explain(exc, namespace, SLICES_RESOURCE)
+            if state.replicas_error is None:
+                log.warning("discovery: %s; counting one replica per model", error)
+            state.replicas_error = error
+            return models
+        state.replicas_error = None
+        return {
+            name: replace(model, replicas=counts.get(f"{name}-predictor"))
+            for name, model in models.items()
+        }
+
+    def _explain(self, exc: Exception, namespace: str, resource: str = RESOURCE) -> str:
         from kubernetes.client.exceptions import ApiException
 
-        verb = f"list {RESOURCE} in namespace {namespace}"
+        verb = f"list {resource} in namespace {namespace}"
         if isinstance(exc, ApiException):
             detail = _api_message(exc.body)
             detail = f": {detail}" if detail else ""
             if exc.status == 403:
                 return (
                     f"forbidden (HTTP 403): this server's ServiceAccount may not {verb}{detail}. "
-                    f"Grant get, list and watch on {RESOURCE} in namespace {namespace} (the "
+                    f"Grant get, list and watch on {resource} in namespace {namespace} (the "
                     "Role and RoleBinding diffusers-mcp-discovery in kustomize/runtime/base), "
                     "or remove the namespace from DISCOVERY_NAMESPACES."
                 )
@@ -248,7 +310,7 @@ class Discovery:
             if exc.status == 404:
                 return (
                     f"not found (HTTP 404) to {verb}{detail}: the API server does not serve "
-                    f"{RESOURCE}; is KServe installed in this cluster?"
+                    f"{resource}; is KServe installed in this cluster?"
                 )
             return f"the API server answered HTTP {exc.status} to {verb}{detail}"
         return (
@@ -260,6 +322,7 @@ class Discovery:
     async def sync(self) -> None:
         """List every namespace once; keep the last good list of a namespace that fails."""
         now = time.time()
+        changed = False
         for namespace in self.namespaces:
             state = self.states[namespace]
             try:
@@ -275,6 +338,8 @@ class Discovery:
             if state.error is not None:
                 log.info("discovery: %s is readable again", namespace)
             models = {m.name: m for m in map(parse_inference_service, items) if m.name}
+            models = await self._with_replicas(namespace, models)
+            changed |= models != state.models
             for name in state.models.keys() - models.keys():
                 gone = state.models[name]
                 log.info("discovery: %s is gone", gone.reference)
@@ -294,10 +359,11 @@ class Discovery:
                 self.deleted.pop((namespace, name), None)
                 if state.models.get(name) != model:
                     log.info(
-                        "discovery: %s at %s, %s",
+                        "discovery: %s at %s, %s, %s ready replica(s)",
                         model.reference,
                         model.url,
                         "available" if model.available else f"unavailable: {model.message}",
+                        "unknown" if model.replicas is None else model.replicas,
                     )
             state.models, state.synced_at = models, now
             state.error = state.failing_since = None
@@ -306,9 +372,9 @@ class Discovery:
             for key, model in self.deleted.items()
             if now - (model.deleted_at or now) < DELETED_MEMORY_SECONDS
         }
-        self._merge()
+        self._merge(changed)
 
-    def _merge(self) -> None:
+    def _merge(self, changed: bool) -> None:
         """One model per name: static names first, then namespaces in the configured order."""
         merged: dict[str, DiscoveredModel] = {}
         shadowed = []
@@ -331,7 +397,8 @@ class Discovery:
                     )
             else:
                 merged[model.name] = model
-        if merged != self._models or shadowed != self.shadowed:
+        # CHANGED covers the replicas of an InferenceService that a static model serves too.
+        if changed or merged != self._models or shadowed != self.shadowed:
             for line in set(shadowed) - set(self.shadowed):
                 log.warning("discovery: ignoring %s", line)
             self._models, self.shadowed = merged, shadowed
@@ -340,6 +407,15 @@ class Discovery:
     @property
     def models(self) -> list[DiscoveredModel]:
         return list(self._models.values())
+
+    def replicas_of(self, name: str, url: str) -> int | None:
+        """The ready replicas of the InferenceService NAME at URL, also when a static model
+        with that name and URL is what serves it."""
+        for namespace in self.namespaces:
+            model = self.states[namespace].models.get(name)
+            if model is not None and model.url == url:
+                return model.replicas
+        return None
 
     def origin(self, model: DiscoveredModel) -> Origin:
         """The discovery part of a model's entry in list_models."""

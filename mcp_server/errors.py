@@ -110,11 +110,28 @@ class BusyError(ServiceError):
     code = "busy"
     retry_after = 5
 
-    def __init__(self, model: str, waiting: int) -> None:
+    def __init__(self, model: str, replicas: int, slots: int, waiting: int) -> None:
         super().__init__(
-            f"The model {model!r} is busy: all generation slots are in use and {waiting} "
-            "requests are already waiting. Retry in a few seconds, or raise "
-            "MAX_CONCURRENT_PER_RUNTIME / MAX_QUEUE_PER_RUNTIME or add runtime replicas."
+            f"The model {model!r} is busy: the {slots} generation slots of its {replicas} "
+            f"runtime replica(s) are in use and {waiting} requests are already waiting. Retry "
+            "in a few seconds, or raise MAX_CONCURRENT_PER_RUNTIME / MAX_QUEUE_PER_RUNTIME "
+            "(per replica) or the InferenceService's maxReplicas."
+        )
+
+
+class ClientBusyError(ServiceError):
+    """One client holds its share of this server; others are being served."""
+
+    status = 429
+    code = "client_limit"
+    retry_after = 5
+
+    def __init__(self, client: str, limit: int) -> None:
+        super().__init__(
+            f"Too many generations from this client ({client}): it already has {limit} "
+            "running or waiting on this server, the most one client may have so that other "
+            "clients are served too (MAX_CONCURRENT_PER_CLIENT). Wait for one of them to "
+            "finish, then retry."
         )
 
 

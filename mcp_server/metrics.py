@@ -21,6 +21,18 @@ GENERATION_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("mcp_server_generations_in_flight", "Generations in progress", ["entry"])
 QUEUE_DEPTH = Gauge("mcp_server_queue_depth", "Requests waiting for a generation slot", ["model"])
+RUNTIME_RETRIES = Counter(
+    "mcp_server_runtime_retries_total",
+    "Generations sent again because their runtime replica failed before starting them",
+    ["model", "kind"],
+)
+RUNTIME_REPLICAS = Gauge(
+    "mcp_server_runtime_replicas", "Ready runtime replicas admission counts with", ["model"]
+)
+CLIENT_REJECTIONS = Counter(
+    "mcp_server_client_limit_rejections_total",
+    "Generations refused because their client already held MAX_CONCURRENT_PER_CLIENT",
+)
 RUNTIME_ERRORS = Counter(
     "mcp_server_runtime_errors_total", "Failed runtime calls by model and kind", ["model", "kind"]
 )

@@ -2,7 +2,9 @@
 
 Static models are fixed at start. Discovered ones follow discovery (which already applies the
 rule that a static name wins a clash): a client per available model, reused while its URL
-and model id stay the same; the unavailable ones are kept to say why.
+and model id stay the same; the unavailable ones are kept to say why. Each model's admission
+(limiter) and retries (client) follow the ready replicas discovery counts behind it, also for
+a static model whose InferenceService discovery sees; one replica when nothing counts them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from mcp_server import metrics
 from mcp_server.discovery import DiscoveredModel, Discovery, Origin
 from mcp_server.errors import ModelUnavailableError, RuntimeCallError, UnknownModelError
-from mcp_server.limiter import Limiter
+from mcp_server.limiter import ClientLimits, Limiter
 from mcp_server.runtime_client import RuntimeClient
 from mcp_server.settings import RuntimeTarget, Settings
 
@@ -39,6 +42,10 @@ class RuntimeState(BaseModel):
     ready: bool
     error: str | None = None
     waiting: int = 0
+    running: int = 0
+    # Ready runtime replicas admission counts with (one when unknown), and the slots they give.
+    replicas: int = 1
+    slots: int = 0
 
 
 class ModelRegistry:
@@ -60,6 +67,7 @@ class ModelRegistry:
         # Discovered models by name, available or not.
         self._discovered: dict[str, DiscoveredModel] = {}
         self._limiters: dict[str, Limiter] = {}
+        self.clients_limit = ClientLimits(settings.max_concurrent_per_client)
         self._seen_generation = -1
 
     def _client(self, target: RuntimeTarget, diagnostics: str) -> RuntimeClient:
@@ -86,6 +94,15 @@ class ModelRegistry:
                 client = self._client(target, f"the {model.reference}")
             clients[name] = client
         self._clients = clients
+        for name, client in clients.items():
+            client.replicas = self._replicas(name, client)
+            self.limiter(name).resize(client.replicas)
+            metrics.RUNTIME_REPLICAS.labels(name).set(client.replicas)
+
+    def _replicas(self, name: str, client: RuntimeClient) -> int:
+        assert self.discovery is not None
+        found = self.discovery.replicas_of(name, client.url)
+        return 1 if found is None else max(1, found)
 
     @property
     def default_model(self) -> str | None:
@@ -123,11 +140,16 @@ class ModelRegistry:
         raise UnknownModelError(name, list(self._clients))
 
     def limiter(self, name: str) -> Limiter:
-        settings = self._settings
-        return self._limiters.setdefault(
-            name,
-            Limiter(name, settings.max_concurrent_per_runtime, settings.max_queue_per_runtime),
-        )
+        self._refresh()
+        if name not in self._limiters:
+            settings = self._settings
+            limiter = Limiter(
+                name, settings.max_concurrent_per_runtime, settings.max_queue_per_runtime
+            )
+            client = self._clients.get(name)
+            limiter.resize(client.replicas if client is not None else 1)
+            self._limiters[name] = limiter
+        return self._limiters[name]
 
     def _origin(self, name: str) -> Origin:
         model = self._discovered.get(name)
@@ -184,7 +206,15 @@ class ModelRegistry:
         self._refresh()
 
         async def check(name: str, client: RuntimeClient) -> RuntimeState:
-            state = RuntimeState(model=name, ready=False, waiting=self.limiter(name).waiting)
+            limiter = self.limiter(name)
+            state = RuntimeState(
+                model=name,
+                ready=False,
+                waiting=limiter.waiting,
+                running=limiter.running,
+                replicas=limiter.replicas,
+                slots=limiter.capacity,
+            )
             try:
                 state.ready = await client.ready()
             except RuntimeCallError as exc:

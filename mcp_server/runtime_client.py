@@ -1,10 +1,15 @@
 """HTTP client of one diffusers runtime: every failure becomes a RuntimeCallError that says
-which runtime, what failed and what to check; its `code` says how it failed."""
+which runtime, what failed and what to check; its `code` says how it failed.
+
+A runtime URL is a Service: behind it, one or more replicas. A generation that failed before
+its replica started it is sent again (another replica takes it); one that had started is not.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,10 +17,19 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from mcp_server import metrics
 from mcp_server.errors import RuntimeCallError, RuntimeRejectedError
 from mcp_server.settings import RuntimeTarget
 
+log = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[int, int], Awaitable[None]]
+
+# Failures that leave a request unserved but harmless to send again while no step ran: the
+# connection refused (a replica gone, its endpoint not yet removed), dropped before the answer
+# (a pooled connection to a replica that stopped), 503 (loading, or handed back by a replica
+# that is stopping), a stream that ended empty.
+NOT_STARTED_RETRYABLE = frozenset({"connect", "unavailable", "stream_ended"})
 
 
 def _is_dns_failure(exc: BaseException) -> bool:
@@ -49,6 +63,9 @@ class RuntimeClient:
         self._connect_timeout = connect_timeout
         self._generation_timeout = generation_timeout
         self._diagnostics = diagnostics
+        # Ready replicas behind the URL (the registry follows discovery): how many times a
+        # request that no replica started is sent again.
+        self.replicas = 1
 
     @property
     def url(self) -> str:
@@ -182,22 +199,52 @@ class RuntimeClient:
         request_id: str | None,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        """One prediction over the progress stream. The stream lives inside `async with`: when
-        the caller is cancelled the connection closes and the runtime stops the generation."""
+        """One prediction over the progress stream, within GENERATION_TIMEOUT_SECONDS.
+
+        A failure before the runtime reported a step is sent again, once per replica and once
+        more, with a short pause: behind the Service another replica takes it. After a step a
+        failure is final: a generation running when its replica failed may be what made the
+        replica fail (out of memory), and sending it on could fail the next one too."""
         what = "generating an image"
         timeout = self._generation_timeout
+        attempts = self.replicas + 1
         try:
-            async with (
-                asyncio.timeout(timeout),
-                aconnect_sse(
-                    self._http,
-                    "POST",
-                    self.model_url(":generate"),
-                    json={"instances": [instance]},
-                    headers=self._headers(request_id),
-                    timeout=self._timeout(timeout),
-                ) as source,
-            ):
+            async with asyncio.timeout(timeout):
+                for attempt in range(1, attempts + 1):
+                    progress = _Progress(on_progress)
+                    try:
+                        return await self._generate_once(instance, request_id, progress, what)
+                    except RuntimeCallError as exc:
+                        if progress.step:
+                            raise self._lost(exc, progress) from exc
+                        if exc.code not in NOT_STARTED_RETRYABLE or attempt == attempts:
+                            raise self._after(exc, attempt) from exc
+                        metrics.RUNTIME_RETRIES.labels(self.target.name, exc.code).inc()
+                        log.warning(
+                            "runtime %s did not start the generation (%s); sending it again",
+                            self.target.url,
+                            exc.code,
+                        )
+                        await asyncio.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
+        except TimeoutError as exc:
+            raise self._transport_error(exc, what, timeout) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _generate_once(
+        self, instance: dict[str, Any], request_id: str | None, progress: _Progress, what: str
+    ) -> dict[str, Any]:
+        """The stream lives inside `async with`: when the caller is cancelled the connection
+        closes and the runtime stops the generation."""
+        timeout = self._generation_timeout
+        try:
+            async with aconnect_sse(
+                self._http,
+                "POST",
+                self.model_url(":generate"),
+                json={"instances": [instance]},
+                headers=self._headers(request_id),
+                timeout=self._timeout(timeout),
+            ) as source:
                 response = source.response
                 if response.status_code != 200:
                     raise self._status_error(response.status_code, await response.aread(), what)
@@ -205,8 +252,8 @@ class RuntimeClient:
                 async for event in source.aiter_sse():
                     if event.event == "progress":
                         step = _progress(event.data)
-                        if step is not None and on_progress is not None:
-                            await on_progress(*step)
+                        if step is not None:
+                            await progress.report(*step)
                     elif event.event == "result":
                         try:
                             prediction = _check_prediction(json.loads(event.data))
@@ -218,7 +265,7 @@ class RuntimeClient:
                 # result) lets httpx keep the connection for the next request.
                 if prediction is not None:
                     return prediction
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except httpx.HTTPError as exc:
             if isinstance(exc, SSEError):
                 raise self._garbage(what, str(exc)) from exc
             raise self._transport_error(exc, what, timeout) from exc
@@ -228,6 +275,30 @@ class RuntimeClient:
             "and pod events, then retry.",
             code="stream_ended",
             status=502,
+        )
+
+    def _lost(self, exc: RuntimeCallError, progress: _Progress) -> RuntimeCallError:
+        """A failure once the generation was running: final, and said so."""
+        if exc.code not in NOT_STARTED_RETRYABLE:
+            return exc
+        return RuntimeCallError(
+            f"The diffusers runtime at {self.target.url} stopped answering after step "
+            f"{progress.step} of {progress.total} of this generation: the replica serving it "
+            "restarted, was killed, ran out of memory or was stopped before it could finish. "
+            "It was not sent to another replica, because a generation that was running when "
+            "its replica failed may be what made it fail. Retry it (with fewer or smaller "
+            "images if it fails again), and check the runtime's logs and pod events.",
+            code="replica_lost",
+            status=503,
+        )
+
+    def _after(self, exc: RuntimeCallError, attempts: int) -> RuntimeCallError:
+        if attempts == 1 or exc.code not in NOT_STARTED_RETRYABLE:
+            return exc
+        return RuntimeCallError(
+            f"{exc} (sent {attempts} times: every attempt failed before a replica started it)",
+            code=exc.code,
+            status=exc.status,
         )
 
     def _stream_error(self, data: str, what: str) -> RuntimeCallError:
@@ -251,6 +322,20 @@ def _error_message(body: bytes) -> str:
         if error:
             return str(error)
     return str(data)[:500]
+
+
+class _Progress:
+    """The steps one attempt reported, passed on to the caller's callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+        self.step = 0
+        self.total = 0
+
+    async def report(self, step: int, total: int) -> None:
+        self.step, self.total = step, total
+        if self._callback is not None:
+            await self._callback(step, total)
 
 
 def _progress(data: str) -> tuple[int, int] | None:

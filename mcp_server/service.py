@@ -72,22 +72,23 @@ class ImageService:
             client = self.registry.client(request.model)
             name = client.target.name
             instance = await self._instance(request)
-            async with self.registry.limiter(name).slot():
-                waited_ms = (time.monotonic() - started) * 1000
-                log.info(
-                    "generating on %s (%s) after %.0f ms in queue",
-                    name,
-                    client.url,
-                    waited_ms,
-                    extra={"model": name},
-                )
-                try:
-                    prediction = await client.generate(instance, request_id, on_progress)
-                except RuntimeCallError as exc:
-                    if not isinstance(exc, RuntimeRejectedError):
-                        metrics.RUNTIME_ERRORS.labels(name, exc.code).inc()
-                    raise
-            result, images = await self._store(name, request, prediction, waited_ms, base_url)
+            with self.registry.clients_limit.hold():
+                async with self.registry.limiter(name).slot():
+                    waited_ms = (time.monotonic() - started) * 1000
+                    log.info(
+                        "generating on %s (%s) after %.0f ms in queue",
+                        name,
+                        client.url,
+                        waited_ms,
+                        extra={"model": name},
+                    )
+                    try:
+                        prediction = await client.generate(instance, request_id, on_progress)
+                    except RuntimeCallError as exc:
+                        if not isinstance(exc, RuntimeRejectedError):
+                            metrics.RUNTIME_ERRORS.labels(name, exc.code).inc()
+                        raise
+                result, images = await self._store(name, request, prediction, waited_ms, base_url)
             outcome = "ok"
             return result, images
         except ServiceError as exc:

@@ -62,10 +62,13 @@ class Settings(BaseSettings):
 
     generation_timeout_seconds: float = Field(default=300, gt=0)
     runtime_connect_timeout_seconds: float = Field(default=5, gt=0)
-    # As many as the runtime batches by default (MAX_BATCH_SIZE=4), so one replica can fill
-    # a batch; the runtime queues the rest.
+    # Per runtime replica (discovery counts the ready ones): as many as the runtime batches by
+    # default (MAX_BATCH_SIZE=4), so each replica can fill a batch; the runtime queues the rest.
     max_concurrent_per_runtime: int = Field(default=4, ge=1)
     max_queue_per_runtime: int = Field(default=16, ge=0)
+    # Generations one client (its address as the router saw it) may have running or waiting
+    # on this server; 0 turns the cap off.
+    max_concurrent_per_client: int = Field(default=8, ge=0)
 
     mcp_auth_token: str | None = None
     allowed_hosts: Annotated[list[str], NoDecode] = []

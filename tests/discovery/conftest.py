@@ -11,9 +11,10 @@ from typing import Any
 import kmock
 import pytest_asyncio
 
-from mcp_server.discovery import GROUP, PLURAL, VERSION
+from mcp_server.discovery import GROUP, PLURAL, SERVICE_NAME_LABEL, SLICES, VERSION
 
 ISVC = kmock.resource(GROUP, VERSION, PLURAL)
+ENDPOINT_SLICES = kmock.resource(*SLICES)
 LABEL = {"diffusers-mcp.io/expose": "true"}
 
 
@@ -32,6 +33,8 @@ class FakeCluster:
     serving: contextlib.AsyncExitStack
     url: str = ""
     forbidden: set[str] = field(default_factory=set)
+    # Namespaces whose EndpointSlices this server's account may not list.
+    slices_forbidden: set[str] = field(default_factory=set)
 
     async def stop_serving(self) -> None:
         """The API server goes away: its port refuses connections from now on."""
@@ -61,6 +64,46 @@ class FakeCluster:
             "kind": "InferenceServiceList",
             "metadata": {"resourceVersion": "1"},
             "items": items,
+        }
+
+    def _list_slices(self, request: kmock.Request) -> dict[str, Any]:
+        if request.namespace in self.slices_forbidden:
+            raise kmock.KubernetesError(
+                status=403,
+                reason="Forbidden",
+                message=f'endpointslices.discovery.k8s.io is forbidden: User "system:'
+                f'serviceaccount:mcp-server-dev:mcp-server" cannot list resource "endpointslices"'
+                f' in API group "discovery.k8s.io" in the namespace "{request.namespace}"',
+            )
+        items = [
+            obj.raw
+            for (resource, namespace, _), obj in self.api.objects.items()
+            if resource == ENDPOINT_SLICES and namespace == request.namespace and not obj.deleted
+        ]
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "items": items}
+
+    def put_endpoints(self, name: str, ready: list[bool], namespace: str = "default") -> None:
+        """The EndpointSlice of the InferenceService NAME's predictor Service: one endpoint per
+        pod, READY saying which are ready (as KServe's RawDeployment Service would have)."""
+        service = f"{name}-predictor"
+        self.api.objects[ENDPOINT_SLICES, namespace, f"{service}-x1"] = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{service}-x1",
+                "namespace": namespace,
+                "labels": {SERVICE_NAME_LABEL: service},
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {
+                    "addresses": [f"10.0.0.{index + 1}"],
+                    "conditions": {"ready": is_ready},
+                    "targetRef": {"kind": "Pod", "name": f"{service}-pod-{index}"},
+                }
+                for index, is_ready in enumerate(ready)
+            ],
+            "ports": [{"name": "http1", "port": 8080, "protocol": "TCP"}],
         }
 
     def put(
@@ -114,6 +157,7 @@ async def cluster() -> AsyncIterator[FakeCluster]:
     async with kmock.KubernetesEmulator() as api, contextlib.AsyncExitStack() as serving:
         fake = FakeCluster(api, serving)
         api["list", ISVC] << fake._list
+        api["list", ENDPOINT_SLICES] << fake._list_slices
         server = await serving.enter_async_context(kmock.Server(api))
         fake.url = str(server.url).rstrip("/")
         yield fake

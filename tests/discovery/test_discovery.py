@@ -20,6 +20,7 @@ from mcp_server.discovery import (
     Discovery,
     DiscoveryConfigError,
     parse_inference_service,
+    ready_replicas,
 )
 from mcp_server.errors import ServiceError
 from mcp_server.generation import GenerationRequest
@@ -264,6 +265,80 @@ async def test_static_configuration_wins_a_name_clash(cluster, runtime, tmp_path
         ]
         assert await generate(service, "tiny") == (64, 64)
         assert await generate(service, "painter") == (64, 64)
+
+
+async def replicas(service: ImageService) -> dict[str, tuple[int, int]]:
+    """Per model: the replicas admission counts with, and the slots they give."""
+    return {s.model: (s.replicas, s.slots) for s in (await service.status()).runtimes}
+
+
+@pytest.mark.asyncio
+async def test_admission_follows_the_ready_replicas_of_each_predictor(cluster, runtime, tmp_path):
+    cluster.put("painter", url=runtime.url)
+    cluster.put_endpoints("painter", [True, True, False])
+    # A static model that is this InferenceService (same name and URL) follows it too.
+    cluster.put("same", url=runtime.url)
+    cluster.put_endpoints("same", [True, True, True])
+    cluster.put("unlisted", url=runtime.url)  # no EndpointSlice: not RawDeployment, say
+    async with serving(
+        cluster,
+        tmp_path,
+        diffusers_runtimes=[{"name": "same", "url": runtime.url}],
+        max_concurrent_per_runtime=4,
+    ) as service:
+        assert await replicas(service) == {"same": (3, 12), "painter": (2, 8), "unlisted": (1, 4)}
+        # The autoscaler adds a pod, then scales down to none ready: never below one.
+        cluster.put_endpoints("painter", [True, True, True, True])
+        await eventually(lambda: service.registry.limiter("painter").replicas == 4)
+        assert (await replicas(service))["painter"] == (4, 16)
+        cluster.put_endpoints("painter", [False])
+        await eventually(lambda: service.registry.limiter("painter").replicas == 1)
+        assert await generate(service, "painter") == (64, 64)
+        assert service.discovery_status()["namespaces"]["default"]["replicas_error"] is None
+
+
+@pytest.mark.asyncio
+async def test_unreadable_endpoint_slices_count_one_replica_and_say_why(cluster, runtime, tmp_path):
+    cluster.slices_forbidden.add("default")
+    cluster.put("painter", url=runtime.url)
+    cluster.put_endpoints("painter", [True, True])
+    async with serving(cluster, tmp_path) as service:
+        error = service.discovery_status()["namespaces"]["default"]["replicas_error"]
+        assert error.startswith(
+            "forbidden (HTTP 403): this server's ServiceAccount may not list "
+            "endpointslices.discovery.k8s.io in namespace default: "
+        )
+        assert "Grant get, list and watch on endpointslices.discovery.k8s.io in " in error
+        assert (await replicas(service))["painter"][0] == 1
+        assert await generate(service, "painter") == (64, 64)
+
+
+def test_ready_replicas_counts_each_ready_pod_once():
+    def endpoint(pod: str | None, address: str, ready: bool | None) -> dict:
+        conditions = {} if ready is None else {"ready": ready}
+        found: dict = {"addresses": [address], "conditions": conditions}
+        if pod:
+            found["targetRef"] = {"kind": "Pod", "name": pod}
+        return found
+
+    def slice_of(service: str, *endpoints: dict) -> dict:
+        labels = {"kubernetes.io/service-name": service}
+        return {"metadata": {"labels": labels}, "endpoints": list(endpoints)}
+
+    slices = [
+        # Dual stack: the same two pods in an IPv4 and an IPv6 slice.
+        slice_of(
+            "a-predictor", endpoint("a-1", "10.0.0.1", True), endpoint("a-2", "10.0.0.2", None)
+        ),
+        slice_of("a-predictor", endpoint("a-1", "fd00::1", True), endpoint("a-2", "fd00::2", None)),
+        # Terminating or not yet ready pods do not count.
+        slice_of(
+            "b-predictor", endpoint("b-1", "10.0.1.1", False), endpoint(None, "10.0.1.2", True)
+        ),
+        slice_of("c-predictor"),
+        {"metadata": {}, "endpoints": [endpoint("x", "10.9.9.9", True)]},
+    ]
+    assert ready_replicas(slices) == {"a-predictor": 2, "b-predictor": 1, "c-predictor": 0}
 
 
 def test_status_fields_kserve_publishes():

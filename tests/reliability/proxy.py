@@ -1,5 +1,7 @@
 """A loopback TCP proxy that injects faults between the MCP server and what it talks to (the
-runtime, the S3 store): pass traffic through, hang, answer garbage, or refuse."""
+runtime, the S3 store): pass traffic through, hang, answer garbage, or refuse. Given several
+upstreams it spreads connections over them round-robin, as a Kubernetes Service spreads them
+over its pods (per connection; a dead upstream's connections are closed unanswered)."""
 
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ class FaultProxy:
     Switching modes closes the connections already open, so pooled keep-alive connections of
     the client cannot bypass the new fault."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, *upstream_ports: int) -> None:
+        self.upstream_ports = upstream_ports
         self.mode: Mode = "pass"
         self.connections = 0
         self._loop = asyncio.new_event_loop()
@@ -89,7 +91,8 @@ class FaultProxy:
     async def _pipe_to_upstream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        port = self.upstream_ports[self.connections % len(self.upstream_ports)]
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
         self._writers.add(up_writer)
 
         async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -123,8 +126,8 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def fault_proxy(upstream_port: int) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream_port)
+def fault_proxy(*upstream_ports: int) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(*upstream_ports)
     proxy._thread.start()
     proxy._ready.wait(10)
     try:
