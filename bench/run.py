@@ -34,6 +34,7 @@ import openai
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.reliability.proxy import fault_proxy
 from tests.support import DEFAULT_MODEL, REPO, ServerProcess, start_mcp_server, start_runtime
 
 RESULTS = REPO / "bench" / "results"
@@ -42,6 +43,10 @@ MODEL = os.environ.get("MODEL_ID") or str(DEFAULT_MODEL)
 THREADS = 1
 SIZES = [(64, 4, 20), (128, 4, 15), (256, 20, 7)]  # side, steps, repeats
 CONCURRENCY = [1, 4, 8]
+# Scale-out: replicas of one torch thread and one image per call each, behind a round-robin
+# proxy standing in for the predictor Service; each replica gets two calls at a time.
+REPLICAS = [1, 2]
+SCALE_OUT = {"width": 128, "height": 128, "num_inference_steps": 8}
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
 
 
@@ -241,19 +246,52 @@ def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
     return generate
 
 
-def throughput(call: Callable[[dict], None], clients: int) -> float:
+def throughput(call: Callable[[dict], None], clients: int, params: dict = SMALL) -> float:
     """Images per second with CLIENTS closed-loop clients, 24 requests in all."""
     per_client = 24 // clients
 
     def client_loop(index: int) -> None:
         for k in range(per_client):
-            call({**SMALL, "seed": index * 100 + k})
+            call({**params, "seed": index * 100 + k})
 
-    call(SMALL)
+    call(params)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client_loop, range(clients)))
     return clients * per_client / (time.perf_counter() - started)
+
+
+def scale_out(log_dir: Path) -> dict[str, dict[str, float]]:
+    """Images/s against runtime replicas, at the runtime (through the proxy) and through the
+    MCP server's REST API, 2 x replicas clients. The MCP server is told the replicas'
+    slots (MAX_CONCURRENT_PER_RUNTIME) as discovery would count them in a cluster."""
+    figures = {}
+    for count in REPLICAS:
+        with contextlib.ExitStack() as stack:
+            replicas = [
+                stack.enter_context(runtime_process(log_dir, MAX_BATCH_SIZE="1"))
+                for _ in range(count)
+            ]
+            proxy = stack.enter_context(
+                fault_proxy(*(int(r.url.rsplit(":", 1)[1]) for r in replicas))
+            )
+            mcp = stack.enter_context(
+                start_mcp_server(
+                    log_dir,
+                    DIFFUSERS_RUNTIME_URL=proxy.url,
+                    MAX_CONCURRENT_PER_RUNTIME=str(2 * count),
+                    LOG_LEVEL="WARNING",
+                )
+            )
+            http = stack.enter_context(httpx.Client(timeout=300))
+            rest = openai.OpenAI(base_url=f"{mcp.url}/v1", api_key="unused", timeout=300)
+            clients = 2 * count
+            figures[str(count)] = {
+                "runtime": throughput(runtime_call(proxy.url, http), clients, SCALE_OUT),
+                "mcp": throughput(rest_call(mcp.url, rest), clients, SCALE_OUT),
+            }
+        print(f"scale-out x{count}: {figures[str(count)]}", flush=True)
+    return figures
 
 
 def cold_start(model_dir: str, log_dir: Path) -> dict[str, float]:
@@ -391,6 +429,7 @@ def measure(log_dir: Path) -> dict:
             "images_per_s": rate,
             "ratio_to_raw_sequential": rate / raw_rate,
         }
+    results["scale_out"] = scale_out(log_dir)
     results["cold_start"] = cold_start(model_dir, log_dir)
     results["cold_start"]["ratio"] = (
         results["cold_start"]["runtime_ready_s"] / results["cold_start"]["import_and_load_s"]
@@ -435,6 +474,7 @@ def table(results: dict) -> str:
     w, c = results["wire"], results["cold_start"]
     lines += [
         "",
+        *scale_out_lines(results["scale_out"]),
         f"- Runtime with batching off, {max(CONCURRENCY)} clients: "
         f"{off['images_per_s']:.2f}/s ({off['ratio_to_raw_sequential']:.2f}x raw).",
         f"- MCP server RSS: {results['mcp_rss_idle_mib']:.0f} MiB idle, "
@@ -448,6 +488,25 @@ def table(results: dict) -> str:
         f"{w['rest_result_bytes']} B for {w['image_bytes']} B (**{w['rest_ratio']:.2f}x**).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def scale_out_lines(figures: dict[str, dict[str, float]]) -> list[str]:
+    one = figures["1"]
+    lines = [
+        "",
+        f"Images/s against runtime replicas ({SCALE_OUT['width']}x{SCALE_OUT['height']}/"
+        f"{SCALE_OUT['num_inference_steps']}, one torch thread and one image per call each, "
+        "behind a round-robin proxy; 2 clients per replica):",
+        "",
+        "| replicas | runtime | MCP (REST) |",
+        "| --- | --- | --- |",
+    ]
+    for count, f in figures.items():
+        lines.append(
+            f"| {count} | {f['runtime']:.2f}/s, **{f['runtime'] / one['runtime']:.2f}x** | "
+            f"{f['mcp']:.2f}/s, **{f['mcp'] / one['mcp']:.2f}x** |"
+        )
+    return [*lines, ""]
 
 
 def update_readme(markdown: str) -> None:

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import logging
 import os
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import logs
 from .settings import load_settings
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+async def _drain_on_sigterm(engine: Engine, grace_seconds: float) -> None:
+    """A startup hook: it runs once uvicorn has installed its SIGTERM handler, and puts ours in
+    front of it, which tells the engine: it then starts only what can finish within
+    SHUTDOWN_GRACE_SECONDS and hands the rest back, while uvicorn drains as before."""
+    loop = asyncio.get_running_loop()
+    uvicorn_exit = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # A handler can interrupt the event loop anywhere: the engine is told on the loop.
+        loop.call_soon_threadsafe(engine.drain, grace_seconds)
+        if callable(uvicorn_exit):
+            uvicorn_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def main() -> None:
@@ -39,7 +63,12 @@ def main() -> None:
     model.load()
     install_handlers(model_server.app)
     register_routes(model_server.app, model)
-    ModelServer().start([model])
+    assert model.engine is not None, "load() builds the engine"
+    grace = settings.shutdown_grace_seconds
+    model_server.app.router.on_startup.append(
+        functools.partial(_drain_on_sigterm, model.engine, grace)
+    )
+    ModelServer(grace_period=grace).start([model])
 
 
 if __name__ == "__main__":

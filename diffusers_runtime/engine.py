@@ -24,10 +24,21 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from PIL import Image
 
 from . import metrics
-from .errors import DeviceOutOfMemory, GenerationCancelled, GenerationFailed, RuntimeFailure
+from .errors import (
+    DeviceOutOfMemory,
+    GenerationCancelled,
+    GenerationFailed,
+    ReplicaStopping,
+    RuntimeFailure,
+)
 from .request import Generation
 
 log = logging.getLogger(__name__)
+
+STOPPING = (
+    "this runtime replica is shutting down (a scale-down or a restart) and had not started "
+    "the request; send it again: another replica takes it"
+)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -89,6 +100,10 @@ class Engine:
         self._arrived = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._concurrent = False
+        # Set on SIGTERM: when the grace period ends. Until then a pipeline call starts only if
+        # it can finish, at the seconds per step and pixel measured on the last call.
+        self._stop_at: float | None = None
+        self._pixel_step_seconds = 0.0
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -138,6 +153,9 @@ class Engine:
                 if not self._waiting:  # its requests were cancelled meanwhile
                     continue
             batch = self._take_batch()
+            if not self._finishes_in_time(batch):
+                self._hand_back(batch)
+                continue
             self._concurrent = len(batch) > 1 or bool(self._waiting)
             try:
                 await self._run(batch)
@@ -147,6 +165,31 @@ class Engine:
                 self._fail(
                     batch, GenerationFailed("internal error in the runtime engine"), "engine"
                 )
+
+    def drain(self, grace_seconds: float) -> None:
+        """SIGTERM: the generations under way finish, and so do the waiting ones that can
+        before the grace period ends. The others are handed back (503) rather than cut off
+        midway: their clients send them to another replica."""
+        self._stop_at = time.monotonic() + grace_seconds
+        unfit = [job for job in self._waiting if not self._finishes_in_time([job])]
+        for job in unfit:
+            self._waiting.remove(job)
+        metrics.QUEUED.labels(self._model).dec(len(unfit))
+        self._hand_back(unfit)
+
+    def _finishes_in_time(self, batch: list[Job]) -> bool:
+        if self._stop_at is None:
+            return True
+        g = batch[0].generation
+        pixels = sum(job.generation.num_images for job in batch) * g.width * g.height
+        # Half as long again for the VAE decode and the encoding, which the steps leave out.
+        needed = 1.5 * self._pixel_step_seconds * pixels * g.num_inference_steps
+        return time.monotonic() + needed <= self._stop_at
+
+    def _hand_back(self, jobs: list[Job]) -> None:
+        if jobs:
+            log.info("stopping: %d request(s) handed back unstarted", len(jobs))
+            self._fail(jobs, ReplicaStopping(STOPPING), "stopping")
 
     def _batchable_rows(self) -> int:
         key = self._waiting[0].generation.batch_key()
@@ -240,6 +283,7 @@ class Engine:
                 masks.append(g.mask)
                 # Image k of a request has seed + k: any image can be made again alone.
                 generators.append(torch.Generator("cpu").manual_seed(g.seed + index))
+        pixels = len(prompts) * first.width * first.height
         last_step = [time.monotonic()]
 
         def on_step_end(
@@ -247,6 +291,7 @@ class Engine:
         ) -> dict[str, Any]:
             now = time.monotonic()
             metrics.STEP_SECONDS.labels(self._model).observe(now - last_step[0])
+            self._pixel_step_seconds = (now - last_step[0]) / pixels
             metrics.STEPS.labels(self._model).inc()
             last_step[0] = now
             live = [job for job in batch if not job.cancelled]

@@ -42,6 +42,12 @@ class GenerationFailed(RuntimeFailure):
     pass
 
 
+class ReplicaStopping(RuntimeFailure):
+    """SIGTERM came before the request started: another replica should serve it."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class GenerationCancelled(Exception):
     """Raised from the step callback to stop the denoising loop of a cancelled request."""
 

@@ -45,6 +45,11 @@ class RuntimeSettings(BaseSettings):
     max_batch_size: int = Field(4, ge=1)
     batch_window_ms: float = Field(10.0, ge=0)
 
+    # After SIGTERM (a scale-down, a rollout) the generations under way get this long to
+    # finish; the pod's terminationGracePeriodSeconds must be longer still. KServe's own 30 s
+    # is shorter than a long generation on a busy GPU.
+    shutdown_grace_seconds: int = Field(30, ge=1)
+
     @field_validator("enable_cpu_offload", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:

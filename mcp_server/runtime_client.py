@@ -208,6 +208,7 @@ class RuntimeClient:
         what = "generating an image"
         timeout = self._generation_timeout
         attempts = self.replicas + 1
+        first: RuntimeCallError | None = None
         try:
             async with asyncio.timeout(timeout):
                 for attempt in range(1, attempts + 1):
@@ -217,8 +218,11 @@ class RuntimeClient:
                     except RuntimeCallError as exc:
                         if progress.step:
                             raise self._lost(exc, progress) from exc
-                        if exc.code not in NOT_STARTED_RETRYABLE or attempt == attempts:
-                            raise self._after(exc, attempt) from exc
+                        if exc.code not in NOT_STARTED_RETRYABLE:
+                            raise
+                        first = first or exc
+                        if attempt == attempts:
+                            raise self._unstarted(first, attempts) from exc
                         metrics.RUNTIME_RETRIES.labels(self.target.name, exc.code).inc()
                         log.warning(
                             "runtime %s did not start the generation (%s); sending it again",
@@ -282,7 +286,7 @@ class RuntimeClient:
         if exc.code not in NOT_STARTED_RETRYABLE:
             return exc
         return RuntimeCallError(
-            f"The diffusers runtime at {self.target.url} stopped answering after step "
+            f"The diffusers runtime at {self.target.url} became unavailable after step "
             f"{progress.step} of {progress.total} of this generation: the replica serving it "
             "restarted, was killed, ran out of memory or was stopped before it could finish. "
             "It was not sent to another replica, because a generation that was running when "
@@ -292,13 +296,13 @@ class RuntimeClient:
             status=503,
         )
 
-    def _after(self, exc: RuntimeCallError, attempts: int) -> RuntimeCallError:
-        if attempts == 1 or exc.code not in NOT_STARTED_RETRYABLE:
-            return exc
+    def _unstarted(self, first: RuntimeCallError, attempts: int) -> RuntimeCallError:
+        """What happened to the request first (the later attempts mostly find the same
+        replica gone), and that it was sent again."""
         return RuntimeCallError(
-            f"{exc} (sent {attempts} times: every attempt failed before a replica started it)",
-            code=exc.code,
-            status=exc.status,
+            f"{first} (Sent {attempts} times: no replica started it.)",
+            code=first.code,
+            status=first.status,
         )
 
     def _stream_error(self, data: str, what: str) -> RuntimeCallError:

@@ -24,13 +24,17 @@ EVERY_TREE = [
 ]
 
 
-def test_the_role_only_reads_inference_services(model_docs):
-    role = one(model_docs, "Role")
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"]
-    assert rule["resources"] == ["inferenceservices"]
-    assert sorted(rule["verbs"]) == ["get", "list", "watch"]
-    assert set(rule) == {"apiGroups", "resources", "verbs"}
+def test_the_role_only_reads_inference_services_and_their_endpoints(model_docs):
+    role = one(model_docs, "Role", "diffusers-mcp-discovery")
+    isvcs, slices = role["rules"]
+    assert isvcs["apiGroups"] == ["serving.kserve.io"]
+    assert isvcs["resources"] == ["inferenceservices"]
+    # The predictor Services' EndpointSlices: the ready replicas admission counts.
+    assert slices["apiGroups"] == ["discovery.k8s.io"]
+    assert slices["resources"] == ["endpointslices"]
+    for rule in (isvcs, slices):
+        assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+        assert set(rule) == {"apiGroups", "resources", "verbs"}
     # Namespaced: the grant covers the runtime namespace only.
     assert (
         role["metadata"]["namespace"]
@@ -42,12 +46,16 @@ def test_no_cluster_wide_or_other_grants():
     for tree in EVERY_TREE:
         docs = render(tree)
         assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
-        assert len(find(docs, "Role")) <= 1, tree
+        # The discovery Role, and where the runtime autoscales, the metrics reader's.
+        assert {r["metadata"]["name"] for r in find(docs, "Role")} <= {
+            "diffusers-mcp-discovery",
+            "diffusers-runtime-metrics-reader",
+        }, tree
 
 
 def test_the_binding_names_each_mcp_servers_own_account(env, mcp_docs, runtime_docs):
-    binding = one(runtime_docs, "RoleBinding")
-    role = one(runtime_docs, "Role")
+    binding = one(runtime_docs, "RoleBinding", "diffusers-mcp-discovery")
+    role = one(runtime_docs, "Role", "diffusers-mcp-discovery")
     assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -71,7 +79,10 @@ def test_discovery_finds_the_runtime_it_is_deployed_with(env, mcp_docs, runtime_
     assert settings["DISCOVERY_ENABLED"] == "true"
     isvc = one(runtime_docs, "InferenceService")
     assert settings["DISCOVERY_NAMESPACES"].split(",") == [isvc["metadata"]["namespace"]]
-    assert one(runtime_docs, "Role")["metadata"]["namespace"] in settings["DISCOVERY_NAMESPACES"]
+    assert (
+        one(runtime_docs, "Role", "diffusers-mcp-discovery")["metadata"]["namespace"]
+        in settings["DISCOVERY_NAMESPACES"]
+    )
     selector = dict(term.split("=", 1) for term in settings["DISCOVERY_LABEL_SELECTOR"].split(","))
     labels = isvc["metadata"]["labels"]
     assert all(labels.get(key) == value for key, value in selector.items())

@@ -26,7 +26,13 @@ from tests.deploy.manifests import (
 from tests.deploy.typed_models import problems
 
 KUBERNETES_VERSION = "1.37.0"
-CUSTOM_KINDS = {"Route", "InferenceService", "ServingRuntime"}
+CUSTOM_KINDS = {
+    "Route",
+    "InferenceService",
+    "ServingRuntime",
+    "PodMonitor",
+    "TriggerAuthentication",
+}
 ALL_TREES = [
     KUSTOMIZE / "base",
     KUSTOMIZE / "runtime" / "base",
@@ -60,9 +66,13 @@ def test_mcp_overlay_objects(env, mcp_docs):
 def test_runtime_overlay_objects(model_docs):
     kinds = sorted(d["kind"] for d in model_docs)
     # The production model also gets its egress policy (tests/reliability checks it with nca).
+    # It also autoscales: the metric pipeline's objects (tests/deploy/test_autoscaling.py).
     (isvc,) = [d["metadata"]["name"] for d in model_docs if d["kind"] == "InferenceService"]
-    policies = ["NetworkPolicy"] * (2 if isvc == "redhat-dog" else 1)
-    assert kinds == ["InferenceService", *policies, "Role", "RoleBinding", "ServingRuntime"]
+    expected = ["InferenceService", "NetworkPolicy", "Role", "RoleBinding", "ServingRuntime"]
+    if isvc == "redhat-dog":
+        expected += ["NetworkPolicy", "PodMonitor", "Role", "RoleBinding", "Secret"]
+        expected += ["ServiceAccount", "TriggerAuthentication"]
+    assert kinds == sorted(expected)
     assert {d["metadata"]["namespace"] for d in model_docs} == {"default"}
 
 

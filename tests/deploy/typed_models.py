@@ -22,12 +22,20 @@ _SCALARS = {
     "bool": (bool,),
     # Quantities and IntOrString arrive as YAML strings or numbers.
     "ResourceQuantity": (str, int, float),
+    "V1beta1MetricQuantity": (str, int, float),
     "datetime": (str,),
     "date": (str,),
 }
 
 
+# kserve names the Kubernetes types it embeds by their Go package, the kubernetes client by
+# version: K8sIoApiAppsV1DeploymentStrategy is V1DeploymentStrategy.
+_GO_PACKAGE = re.compile(r"^K8sIoApi[A-Z][a-z]+(V\d.*)$")
+
+
 def _model(name: str) -> type:
+    if match := _GO_PACKAGE.match(name):
+        name = match[1]
     for module in (kserve.models, kubernetes.client.models):
         found = getattr(module, name, None)
         if found is not None:

@@ -281,7 +281,7 @@ def test_sigterm_to_the_runtime_finishes_in_flight_generations_and_exits_0(
     assert response.status_code == 200, response.text
     assert restartable.server.process.returncode == 0, restartable.server.log()[-2000:]
     print(f"runtime SIGTERM: both calls completed, exit 0 after {exit_seconds:.1f} s")
-    # KServe's default grace period (--grace_period) is 30 s.
+    # SHUTDOWN_GRACE_SECONDS, the runtime's drain bound, is 30 s by default.
     assert exit_seconds < 30
     # The server now reports the runtime gone, and still serves.
     down = asyncio.run(mcp_generate(server.url, SMALL))
