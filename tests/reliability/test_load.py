@@ -58,6 +58,9 @@ def loaded_server(
         TMPDIR=str(tmp),
         MAX_CONCURRENT_PER_RUNTIME=str(SLOTS),
         MAX_QUEUE_PER_RUNTIME=str(QUEUE),
+        # Sixteen clients from one loopback address: as many users, not one greedy client
+        # (tests/discovery/test_scale_out.py checks the per-client cap).
+        MAX_CONCURRENT_PER_CLIENT="0",
         # Per-request logs would dominate the run; warnings and errors still show.
         LOG_LEVEL="WARNING",
     ) as server:
