@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest_asyncio
+import yaml
 
 from mcp_server.discovery import GROUP, PLURAL, SERVICE_NAME_LABEL, SLICES, VERSION
 
@@ -45,13 +47,7 @@ class FakeCluster:
 
     def _list(self, request: kmock.Request) -> dict[str, Any]:
         if request.namespace in self.forbidden:
-            raise kmock.KubernetesError(
-                status=403,
-                reason="Forbidden",
-                message=f'{PLURAL}.{GROUP} is forbidden: User "system:serviceaccount:'
-                f'mcp-server-dev:mcp-server" cannot list resource "{PLURAL}" in API group '
-                f'"{GROUP}" in the namespace "{request.namespace}"',
-            )
+            raise _forbidden(GROUP, PLURAL, request.namespace)
         selector = request.params.get("labelSelector", "")
         items = [
             obj.raw
@@ -68,13 +64,7 @@ class FakeCluster:
 
     def _list_slices(self, request: kmock.Request) -> dict[str, Any]:
         if request.namespace in self.slices_forbidden:
-            raise kmock.KubernetesError(
-                status=403,
-                reason="Forbidden",
-                message=f'endpointslices.discovery.k8s.io is forbidden: User "system:'
-                f'serviceaccount:mcp-server-dev:mcp-server" cannot list resource "endpointslices"'
-                f' in API group "discovery.k8s.io" in the namespace "{request.namespace}"',
-            )
+            raise _forbidden(SLICES[0], SLICES[2], request.namespace)
         items = [
             obj.raw
             for (resource, namespace, _), obj in self.api.objects.items()
@@ -141,6 +131,44 @@ class FakeCluster:
 
     def delete(self, name: str, namespace: str = "default") -> None:
         self.api.objects[ISVC, namespace, name].delete()
+
+
+def discovery_env(cluster: FakeCluster, tmp_path: Path) -> dict[str, str]:
+    """An MCP server process's environment for discovery through a standard kubeconfig that
+    points at the fake API server (with a bearer token the fake sees), and no static runtime."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
+                "users": [{"name": "reader", "user": {"token": "reader-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "reader"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return {
+        "DISCOVERY_ENABLED": "true",
+        "DISCOVERY_INTERVAL_SECONDS": "0.3",
+        "KUBECONFIG": str(kubeconfig),
+        # Not in a pod: the kubeconfig, not the in-cluster config, is used.
+        "KUBERNETES_SERVICE_HOST": "",
+        "DIFFUSERS_RUNTIME_URL": "",
+        "DIFFUSERS_RUNTIMES": "",
+    }
+
+
+def _forbidden(group: str, plural: str, namespace: str | None) -> kmock.KubernetesError:
+    """The API server's refusal of a list, in its own words."""
+    return kmock.KubernetesError(
+        status=403,
+        reason="Forbidden",
+        message=f'{plural}.{group} is forbidden: User "system:serviceaccount:mcp-server-dev:'
+        f'mcp-server" cannot list resource "{plural}" in API group "{group}" in the '
+        f'namespace "{namespace}"',
+    )
 
 
 def _ready(ready: bool, message: str) -> dict[str, str]:

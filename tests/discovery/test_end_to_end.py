@@ -16,30 +16,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import yaml
 from mcp import Client
 
-from tests.discovery.conftest import FakeCluster
+from tests.discovery.conftest import discovery_env
 from tests.helpers import SMALL, image_size
 from tests.support import REPO, start_mcp_server
 
 BROKEN = "Revision broken-predictor-00001 failed: container kserve-container OOMKilled"
-
-
-def write_kubeconfig(cluster: FakeCluster, path) -> str:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
-                "users": [{"name": "reader", "user": {"token": "reader-token"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "reader"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    return str(path)
 
 
 def text_of(result) -> str:
@@ -56,15 +39,7 @@ async def list_models(client: Client) -> dict[str, dict]:
 async def test_mcp_server_serves_discovered_inference_services(cluster, runtime, tmp_path):
     cluster.put("painter", url=runtime.url)
     cluster.put("broken", url="http://broken-predictor.default.svc", ready=False, message=BROKEN)
-    env = {
-        "DISCOVERY_ENABLED": "true",
-        "DISCOVERY_INTERVAL_SECONDS": "0.3",
-        "KUBECONFIG": write_kubeconfig(cluster, tmp_path / "kubeconfig"),
-        # Not in a pod: the kubeconfig, not the in-cluster config, is used.
-        "KUBERNETES_SERVICE_HOST": "",
-        "DIFFUSERS_RUNTIME_URL": "",
-        "DIFFUSERS_RUNTIMES": "",
-    }
+    env = discovery_env(cluster, tmp_path)
     with contextlib.ExitStack() as stack:
         # Started from a thread: the fake API server lives on this event loop and must keep
         # answering while the server process starts.

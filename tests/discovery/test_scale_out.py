@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.discovery.conftest import FakeCluster
-from tests.discovery.test_end_to_end import write_kubeconfig
+from tests.discovery.conftest import FakeCluster, discovery_env
 from tests.helpers import metric
 from tests.reliability.proxy import FaultProxy, fault_proxy
 from tests.support import ServerProcess, start_mcp_server, start_runtime
@@ -52,16 +51,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerPr
 
 @contextlib.asynccontextmanager
 async def mcp_server(cluster: FakeCluster, tmp_path: Path, **env: str) -> AsyncIterator[str]:
-    """The MCP server with discovery through a kubeconfig naming the fake API server."""
-    settings = {
-        "DISCOVERY_ENABLED": "true",
-        "DISCOVERY_INTERVAL_SECONDS": "0.3",
-        "KUBECONFIG": write_kubeconfig(cluster, tmp_path / "kubeconfig"),
-        "KUBERNETES_SERVICE_HOST": "",
-        "DIFFUSERS_RUNTIME_URL": "",
-        "DIFFUSERS_RUNTIMES": "",
-        **env,
-    }
+    """The MCP server with discovery on, against the fake API server."""
+    settings = {**discovery_env(cluster, tmp_path), **env}
     with contextlib.ExitStack() as stack:
         # From a thread: the fake API server lives on this event loop and must keep answering.
         server = await asyncio.to_thread(
