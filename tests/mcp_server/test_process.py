@@ -34,6 +34,7 @@ def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ({"IMAGE_STORE": "s3", "S3_BUCKET": ""}, "S3_BUCKET"),
         ({"IMAGE_STORE": "nfs"}, "IMAGE_STORE"),
         ({"MAX_CONCURRENT_PER_RUNTIME": "0"}, "MAX_CONCURRENT_PER_RUNTIME"),
+        ({"MAX_CONCURRENT_PER_CLIENT": "some"}, "MAX_CONCURRENT_PER_CLIENT"),
     ],
 )
 def test_a_bad_setting_stops_the_start_naming_the_variable(env: dict, named: str) -> None:
