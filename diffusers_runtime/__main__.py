@@ -44,6 +44,7 @@ def main() -> None:
 
     from .errors import install_handlers
     from .model import DiffusersModel
+    from .openai_api import register_openai_routes
     from .routes import register_routes
 
     parser = argparse.ArgumentParser(
@@ -63,6 +64,7 @@ def main() -> None:
     model.load()
     install_handlers(model_server.app)
     register_routes(model_server.app, model)
+    register_openai_routes(model_server.app, model)
     assert model.engine is not None, "load() builds the engine"
     grace = settings.shutdown_grace_seconds
     model_server.app.router.on_startup.append(

@@ -4,6 +4,8 @@ Diffusers pipelines are not thread-safe, and a pipeline call holds the device fo
 every call runs on one dedicated worker thread, off the event loop, one call at a time.
 Requests that can share a call (same size, steps, guidance, scheduler) are gathered into one
 batch: each keeps its own prompt and seeded generator, its own progress and cancellation.
+
+Partial images are made here too, between steps: the decoded estimate of the final image.
 """
 
 from __future__ import annotations
@@ -41,6 +43,46 @@ STOPPING = (
 )
 
 ProgressCallback = Callable[[int, int], None]
+# (image index within the request, partial image index, the picture)
+PartialCallback = Callable[[int, int, Image.Image], None]
+
+
+def partial_steps(total: int, count: int) -> list[int]:
+    """The steps (1-based) after which a request's COUNT partial images are made: evenly
+    spaced, never after the first step (the estimate needs the latents of the step before)
+    nor the last (that one is the final image). Fewer when there are too few steps."""
+    if total < 3:
+        return []
+    return sorted(
+        {min(max(round((k + 1) * total / (count + 1)), 2), total - 1) for k in range(count)}
+    )
+
+
+def estimate_final(scheduler: Any, latents: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """The denoised latents the last step points at. Euler-type schedulers (flow matching,
+    Euler) step x' = x + (sigma' - sigma) * d, and the clean sample is x' - sigma' * d (for flow
+    matching d is the velocity, x0 = latents - sigma * velocity); d comes from the latents
+    before and after the step. A scheduler without sigmas gets its latents decoded as they are
+    (still noisy)."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    index = getattr(scheduler, "step_index", None)
+    if sigmas is None or index is None:
+        return latents
+    sigma, sigma_next = float(sigmas[index - 1]), float(sigmas[index])
+    slope = (latents - previous) / (sigma_next - sigma)
+    return latents - sigma_next * slope
+
+
+def decode_latents(pipe: Any, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+    """What the pipeline does after its last step, for any latents of its own."""
+    unpack = getattr(pipe, "_unpack_latents", None)
+    if unpack is not None:  # Flux packs 2x2 latent patches into tokens
+        latents = unpack(latents, height, width, pipe.vae_scale_factor)
+    config = pipe.vae.config
+    latents = latents / config.scaling_factor + (config.get("shift_factor") or 0)
+    pixels = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+    images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
+    return images
 
 
 @dataclass(eq=False)
@@ -49,6 +91,7 @@ class Job:
     request_id: str
     on_progress: ProgressCallback | None
     future: asyncio.Future[list[Image.Image]]
+    on_partial: PartialCallback | None = None
     enqueued: float = field(default_factory=time.monotonic)
     started: float = 0.0
     finished: float = 0.0
@@ -114,12 +157,14 @@ class Engine:
         generation: Generation,
         request_id: str,
         on_progress: ProgressCallback | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> EngineResult:
-        """Run one request; cancelling the awaiting task stops its share of the work."""
+        """Run one request; cancelling the awaiting task stops its share of the work.
+        ON_PARTIAL gets the request's `partial_images`; without it none are made."""
         loop = asyncio.get_running_loop()
         if self._dispatcher is None:
             self._dispatcher = loop.create_task(self._dispatch(), name="pipeline-dispatcher")
-        job = Job(generation, request_id, on_progress, loop.create_future())
+        job = Job(generation, request_id, on_progress, loop.create_future(), on_partial)
         self._waiting.append(job)
         metrics.QUEUED.labels(self._model).inc()
         self._arrived.set()
@@ -285,6 +330,7 @@ class Engine:
                 generators.append(torch.Generator("cpu").manual_seed(g.seed + index))
         pixels = len(prompts) * first.width * first.height
         last_step = [time.monotonic()]
+        partials = _Partials(pipe, batch, loop, self._model)
 
         def on_step_end(
             pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
@@ -303,6 +349,10 @@ class Engine:
             for job in live:
                 if job.on_progress is not None:
                     loop.call_soon_threadsafe(job.on_progress, step + 1, total)
+            if partials.wanted:
+                partials.after_step(pipeline.scheduler, step + 1, total, tensors["latents"])
+                # The next step's time is the denoiser's alone.
+                last_step[0] = time.monotonic()
             return tensors
 
         kwargs = {
@@ -326,13 +376,7 @@ class Engine:
             images: list[Image.Image] = pipe(
                 **{k: v for k, v in kwargs.items() if k in accepted}
             ).images
-        if first.mode == "inpaint":
-            # The VAE round trip alters every pixel; outside the mask the source is kept exactly.
-            images = [
-                Image.composite(out, src, mask) if src and mask else out
-                for out, src, mask in zip(images, sources, masks, strict=True)
-            ]
-        return images
+        return [keep_unmasked(out, job.generation) for job, out in _rows(batch, images)]
 
     async def close(self) -> None:
         if self._dispatcher is not None:
@@ -340,3 +384,72 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def keep_unmasked(image: Image.Image, generation: Generation) -> Image.Image:
+    """The VAE round trip alters every pixel; outside an inpainting mask the source is kept
+    exactly."""
+    if generation.image is None or generation.mask is None:
+        return image
+    return Image.composite(image, generation.image, generation.mask)
+
+
+def _rows(batch: list[Job], rows: list[Any]) -> list[tuple[Job, Any]]:
+    """Each of a batch's per-image ROWS with the job it belongs to, in batch order."""
+    owners = [job for job in batch for _ in range(job.generation.num_images)]
+    return list(zip(owners, rows, strict=True))
+
+
+class _Partials:
+    """The partial images of one pipeline call. Only the requests that asked get them, one
+    VAE decode per partial image (all of a step's pictures in one call); a call where none
+    asked does no extra work at all."""
+
+    def __init__(
+        self, pipe: Any, batch: list[Job], loop: asyncio.AbstractEventLoop, model: str
+    ) -> None:
+        self._pipe = pipe
+        self._loop = loop
+        self._model = model
+        self.wanted = [
+            (job, offset, job.on_partial)
+            for job, offset in zip(batch, _offsets(batch), strict=True)
+            if job.on_partial is not None and job.generation.partial_images > 0
+        ]
+        # Per job: step -> partial image index; known once the call knows its step count.
+        self._due: dict[int, dict[int, int]] = {}
+        self._previous: torch.Tensor | None = None
+
+    def after_step(self, scheduler: Any, step: int, total: int, latents: torch.Tensor) -> None:
+        if not self._due:
+            for job, _, _ in self.wanted:
+                steps = partial_steps(total, job.generation.partial_images)
+                self._due[id(job)] = {s: index for index, s in enumerate(steps)}
+        due = [
+            (job, offset, on_partial, self._due[id(job)][step])
+            for job, offset, on_partial in self.wanted
+            if step in self._due[id(job)] and not job.cancelled
+        ]
+        if due and self._previous is not None:
+            started = time.monotonic()
+            final = estimate_final(scheduler, latents, self._previous)
+            rows = torch.cat([final[o : o + job.generation.num_images] for job, o, _, _ in due])
+            first = due[0][0].generation
+            images = iter(decode_latents(self._pipe, rows, first.width, first.height))
+            for job, _, on_partial, index in due:
+                for k in range(job.generation.num_images):
+                    image = keep_unmasked(next(images), job.generation)
+                    self._loop.call_soon_threadsafe(on_partial, k, index, image)
+            per_picture = (time.monotonic() - started) / len(rows)
+            metrics.PARTIAL_IMAGE_SECONDS.labels(self._model).observe(per_picture)
+        # The estimate needs the latents before the step: kept only ahead of a partial image.
+        ahead = any(step + 1 in self._due[id(job)] for job, _, _ in self.wanted)
+        self._previous = latents.clone() if ahead else None
+
+
+def _offsets(batch: list[Job]) -> list[int]:
+    offsets, row = [], 0
+    for job in batch:
+        offsets.append(row)
+        row += job.generation.num_images
+    return offsets

@@ -20,10 +20,12 @@ class BadRequest(InvalidInput):
     """The client's request is wrong; the message names the field."""
 
     status = HTTPStatus.BAD_REQUEST
+    code = "invalid_request"
 
 
 class RuntimeFailure(Exception):
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "generation_failed"
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -32,10 +34,12 @@ class RuntimeFailure(Exception):
 
 class DeviceOutOfMemory(RuntimeFailure):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "out_of_memory"
 
 
 class ModelNotLoaded(RuntimeFailure):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "model_not_loaded"
 
 
 class GenerationFailed(RuntimeFailure):
@@ -46,6 +50,7 @@ class ReplicaStopping(RuntimeFailure):
     """SIGTERM came before the request started: another replica should serve it."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "replica_stopping"
 
 
 class GenerationCancelled(Exception):
@@ -54,6 +59,13 @@ class GenerationCancelled(Exception):
 
 def error_body(exc: BadRequest | RuntimeFailure) -> dict[str, object]:
     return {"error": str(exc), "status": int(exc.status)}
+
+
+def openai_error_body(exc: BadRequest | RuntimeFailure) -> dict[str, object]:
+    """OpenAI's error shape: its client raises with `message`, as a response body or as a
+    stream event."""
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return {"error": {"message": str(exc), "type": kind, "param": None, "code": exc.code}}
 
 
 async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:

@@ -20,6 +20,12 @@ STEP_SECONDS = Histogram(
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
+PARTIAL_IMAGE_SECONDS = Histogram(
+    "diffusers_partial_image_seconds",
+    "Time to estimate and decode one partial image (per picture, worker thread)",
+    ["model"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)
 STEPS = Counter("diffusers_denoising_steps", "Denoising steps executed", ["model"])
 QUEUE_SECONDS = Histogram(
     "diffusers_queue_wait_seconds",

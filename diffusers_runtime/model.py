@@ -13,14 +13,15 @@ from typing import Any
 
 import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from PIL import Image
 
 from . import metrics
 from .encoding import PIL_FORMATS, encoded_image
-from .engine import Engine, ProgressCallback
+from .engine import Engine, PartialCallback, ProgressCallback
 from .errors import BadRequest, ModelNotLoaded, RuntimeFailure
 from .loading import LoadedPipeline, load_pipeline
 from .logs import request_id as current_request_id
-from .request import Generation, Limits, parse
+from .request import BACKGROUND, Generation, Limits, parse
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
         max_input_image_bytes=settings.max_input_image_bytes,
         max_input_pixels=settings.max_input_pixels,
         edit_modes=engine.edit_modes,
+        quality_steps=settings.quality_steps(),
     )
 
 
@@ -101,6 +103,7 @@ class DiffusersModel(kserve.Model):
             "default_guidance_scale": limits.default_guidance_scale,
             "schedulers": list(limits.schedulers),
             "output_formats": list(PIL_FORMATS),
+            "quality_steps": limits.quality_steps,
             "max_batch_size": self.settings.max_batch_size,
             "edit_modes": {
                 mode: {"supported": reason is None, "reason": reason}
@@ -112,16 +115,22 @@ class DiffusersModel(kserve.Model):
         }
 
     async def run(
-        self, generation: Generation, route: str, on_progress: ProgressCallback | None = None
+        self,
+        generation: Generation,
+        route: str,
+        on_progress: ProgressCallback | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> dict[str, Any]:
         """Generate and encode one request's images: one v1 prediction."""
         started = time.monotonic()
         try:
             _, engine, _ = self._serving()
-            result = await engine.generate(generation, current_request_id.get(), on_progress)
+            result = await engine.generate(
+                generation, current_request_id.get(), on_progress, on_partial
+            )
             encode_started = time.monotonic()
             images = await asyncio.to_thread(
-                lambda: [encoded_image(i, generation.output_format) for i in result.images]
+                lambda: [self.encode(i, generation) for i in result.images]
             )
         except asyncio.CancelledError:
             metrics.REQUESTS.labels(self.name, route, "cancelled").inc()
@@ -153,6 +162,9 @@ class DiffusersModel(kserve.Model):
             "guidance_scale": generation.guidance_scale,
             "scheduler": generation.scheduler or type(self._serving()[0].pipe.scheduler).__name__,
             "output_format": generation.output_format,
+            "output_compression": generation.output_compression,
+            "quality": generation.quality,
+            "background": BACKGROUND,
             "mode": generation.mode,
             **self._edit_fields(generation),
             "timings": {
@@ -163,6 +175,10 @@ class DiffusersModel(kserve.Model):
             },
             "batch_size": result.batch_size,
         }
+
+    @staticmethod
+    def encode(image: Image.Image, generation: Generation) -> dict[str, str]:
+        return encoded_image(image, generation.output_format, generation.output_compression)
 
     @staticmethod
     def _edit_fields(generation: Generation) -> dict[str, Any]:
@@ -176,21 +192,27 @@ class DiffusersModel(kserve.Model):
         return {"strength": generation.strength, "effective_steps": effective}
 
     async def run_all(self, generations: list[Generation], route: str) -> list[dict[str, Any]]:
-        # A task group cancels the siblings when one instance fails: no orphaned work.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self.run(g, route)) for g in generations]
+        if any(g.partial_images for g in generations):
+            raise BadRequest(
+                "partial_images: only streams carry partial images (POST "
+                f"/v1/models/{self.name}:generate, or the /openai/v1/images routes with stream "
+                "true); stream, or leave partial_images out"
+            )
+        try:
+            # A task group cancels the siblings when one instance fails: no orphaned work.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.run(g, route)) for g in generations]
+        except* (BadRequest, RuntimeFailure) as group:
+            raise group.exceptions[0] from None
         return [task.result() for task in tasks]
 
     async def predict(
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | InferResponse:
         current_request_id.set((headers or {}).get("x-request-id") or uuid.uuid4().hex[:16])
-        try:
-            if isinstance(payload, InferRequest):
-                return await self._predict_v2(payload)
-            return {"predictions": await self.run_all(self.parse_v1(payload), "predict")}
-        except* (BadRequest, RuntimeFailure) as group:
-            raise group.exceptions[0] from None
+        if isinstance(payload, InferRequest):
+            return await self._predict_v2(payload)
+        return {"predictions": await self.run_all(self.parse_v1(payload), "predict")}
 
     def parse_v1(self, payload: Any, exactly_one: bool = False) -> list[Generation]:
         if isinstance(payload, bytes | str):
@@ -213,13 +235,15 @@ class DiffusersModel(kserve.Model):
         if not isinstance(defaults, dict):
             raise BadRequest("parameters: must be an object of request fields")
         return [
-            parse(
-                {**defaults, **raw} if isinstance(raw, dict) else raw,
-                self._serving()[2],
-                f"instances[{index}].",
+            self.parse(
+                {**defaults, **raw} if isinstance(raw, dict) else raw, f"instances[{index}]."
             )
             for index, raw in enumerate(instances)
         ]
+
+    def parse(self, raw: Any, where: str = "", strict: bool = True) -> Generation:
+        """One request instance, checked against this model's limits (request.parse)."""
+        return parse(raw, self._serving()[2], where, strict)
 
     async def _predict_v2(self, request: InferRequest) -> InferResponse:
         prompt_input = next((i for i in request.inputs if i.name == "prompt"), None)
@@ -228,11 +252,7 @@ class DiffusersModel(kserve.Model):
         prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in prompt_input.data]
         fields = dict(request.parameters or {})
         generations = [
-            parse(
-                {**fields, "prompt": prompt},
-                self._serving()[2],
-                f"inputs.prompt[{index}] / parameters.",
-            )
+            self.parse({**fields, "prompt": prompt}, f"inputs.prompt[{index}] / parameters.")
             for index, prompt in enumerate(prompts)
         ]
         predictions = await self.run_all(generations, "infer")

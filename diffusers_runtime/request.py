@@ -16,6 +16,20 @@ from .input_images import decode_image, output_size, prepare_mask, prepare_sourc
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["text", "image", "inpaint"]
+# OpenAI's names: gpt-image's low/medium/high/auto and DALL-E 3's standard/hd.
+Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
+Preset = Literal["low", "medium", "high"]
+PRESETS: dict[str, Preset] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "auto": "medium",
+    "standard": "medium",
+    "hd": "high",
+}
+MAX_PARTIAL_IMAGES = 3
+# No pipeline served here draws an alpha channel: every image is opaque (transparent is refused).
+BACKGROUND = "opaque"
 MAX_SEED = 2**32 - 1
 
 
@@ -34,6 +48,11 @@ class GenerationRequest(BaseModel):
     num_images: int = Field(1, ge=1)
     scheduler: str | None = None
     output_format: OutputFormat = "png"
+    quality: Quality | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    background: Literal["opaque", "auto", "transparent"] | None = None
+    # Estimates of the final image sent while denoising; only streams carry them.
+    partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES)
     # Editing: a source image makes it image-to-image; a mask as well makes it inpainting.
     image: str | None = None
     mask_image: str | None = None
@@ -60,6 +79,7 @@ class Limits:
     max_input_pixels: int
     # Mode -> None when the loaded pipeline family supports it, else why not.
     edit_modes: dict[str, str | None]
+    quality_steps: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,10 @@ class Generation:
     image: Image.Image | None = None
     mask: Image.Image | None = None
     strength: float | None = None
+    # The preset that chose the steps; None when the request named num_inference_steps.
+    quality: Preset | None = None
+    output_compression: int | None = None
+    partial_images: int = 0
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
@@ -95,7 +119,7 @@ class Generation:
         )
 
 
-def _describe(error: ErrorDetails, where: str) -> str:
+def describe(error: ErrorDetails, where: str) -> str:
     field = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         valid = ", ".join(GenerationRequest.model_fields)
@@ -105,14 +129,15 @@ def _describe(error: ErrorDetails, where: str) -> str:
     return f"{where}{field}: {error['msg']} (got {error['input']!r})"
 
 
-def parse(raw: Any, limits: Limits, where: str = "") -> Generation:
-    """Validate one raw instance; WHERE prefixes field names, e.g. `instances[1].`."""
+def parse(raw: Any, limits: Limits, where: str = "", strict: bool = True) -> Generation:
+    """Validate one raw instance; WHERE prefixes field names, e.g. `instances[1].`. STRICT off
+    reads numbers from strings, as a multipart form sends them."""
     if not isinstance(raw, dict):
         raise BadRequest(f"{where.rstrip('.') or 'instance'}: must be a JSON object with a prompt")
     try:
-        request = GenerationRequest.model_validate(raw)
+        request = GenerationRequest.model_validate(raw, strict=strict)
     except ValidationError as exc:
-        raise BadRequest("; ".join(_describe(e, where) for e in exc.errors())) from None
+        raise BadRequest("; ".join(describe(e, where) for e in exc.errors())) from None
     return resolve(request, limits, where)
 
 
@@ -140,7 +165,18 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             f"{where}width: {width}x{height} is {width * height} pixels, "
             f"more than the limit of {limits.max_pixels} (MAX_PIXELS)"
         )
-    steps = request.num_inference_steps or limits.default_steps
+    preset: Preset | None = None
+    if request.num_inference_steps is None:
+        preset = PRESETS[request.quality or "medium"]
+        steps = limits.quality_steps[preset]
+    else:
+        steps = request.num_inference_steps
+        if request.quality is not None:
+            presets = ", ".join(f"{name} {n}" for name, n in limits.quality_steps.items())
+            problems.append(
+                f"{where}quality: it sets the steps ({presets}), and num_inference_steps is "
+                "set too; send one of the two"
+            )
     if steps > limits.max_steps:
         problems.append(
             f"{where}num_inference_steps: {steps} is more than the limit of {limits.max_steps}"
@@ -163,6 +199,16 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         )
     if request.negative_prompt is not None and not limits.supports_negative_prompt:
         problems.append(f"{where}negative_prompt: this pipeline does not take a negative prompt")
+    if request.background == "transparent":
+        problems.append(
+            f"{where}background: transparent needs a model that draws an alpha channel; this "
+            "one draws opaque RGB images. Use opaque or auto and cut the subject out afterwards"
+        )
+    if request.output_compression is not None and request.output_format == "png":
+        problems.append(
+            f"{where}output_compression: applies to jpeg and webp only (png is lossless); set "
+            "output_format to jpeg or webp, or leave output_compression out"
+        )
     if problems:
         raise BadRequest("; ".join(problems))
     source, mask = edit or (None, None)
@@ -190,6 +236,9 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             else None
         ),
         strength=strength,
+        quality=preset,
+        output_compression=request.output_compression,
+        partial_images=request.partial_images,
     )
 
 

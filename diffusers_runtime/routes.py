@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,19 +11,41 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
-from .errors import RuntimeFailure, error_body
+from .errors import error_body
 from .logs import request_id
 from .model import DiffusersModel
+from .request import BACKGROUND, Generation
+from .stream import Event, Failure, Partial, Progress, events
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    # The stream may be gone when the task ends; read its outcome so asyncio does not log it.
-    if not task.cancelled():
-        task.exception()
+def generate_event(event: Event, generation: Generation) -> bytes:
+    """One event of the `:generate` stream."""
+    if isinstance(event, Progress):
+        return sse("progress", {"step": event.step, "total": event.total})
+    if isinstance(event, Partial):
+        return sse(
+            "partial_image",
+            {
+                "image_index": event.image_index,
+                "partial_image_index": event.partial_image_index,
+                "width": generation.width,
+                "height": generation.height,
+                "quality": generation.quality,
+                "background": BACKGROUND,
+                "image": event.image,
+            },
+        )
+    if isinstance(event, Failure):
+        return sse("error", error_body(event.error))
+    # `image` repeats images[0] for the original runtime's :predict clients; this route is
+    # new, so its result carries each image once.
+    return sse("result", {k: v for k, v in event.prediction.items() if k != "image"})
 
 
 def register_routes(app: FastAPI, model: DiffusersModel) -> None:
@@ -42,38 +63,17 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
 
     @app.post("/v1/models/{model_name}:generate", tags=["diffusers"])
     async def generate(model_name: str, request: Request) -> StreamingResponse:
-        """One instance in; `progress` events per denoising step, then `result` or `error`.
+        """One instance in; `progress` events per denoising step (and `partial_image` events
+        when it asks for partial_images), then `result` or `error`.
 
         Closing the connection cancels the generation within one step.
         """
         served(model_name)
         request_id.set(request.headers.get("x-request-id") or uuid.uuid4().hex[:16])
         (generation,) = model.parse_v1(await request.body(), exactly_one=True)
-        events: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
-
-        def on_progress(step: int, total: int) -> None:
-            events.put_nowait(("progress", {"step": step, "total": total}))
 
         async def stream() -> AsyncIterator[bytes]:
-            task = asyncio.create_task(model.run(generation, "generate", on_progress))
-            task.add_done_callback(_retrieve)
-            task.add_done_callback(lambda _: events.put_nowait(("done", None)))
-            try:
-                while (item := await events.get())[0] == "progress":
-                    yield sse(*item)
-                try:
-                    # `image` repeats images[0] for the original runtime's :predict clients;
-                    # this route is new, so its result carries each image once.
-                    result = {k: v for k, v in task.result().items() if k != "image"}
-                    yield sse("result", result)
-                except RuntimeFailure as exc:
-                    yield sse("error", error_body(exc))
-            finally:
-                # Runs when the client hangs up too: cancelling the task stops the denoising.
-                task.cancel()
+            async for event in events(model, generation, "generate"):
+                yield generate_event(event, generation)
 
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

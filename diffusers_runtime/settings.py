@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
@@ -36,6 +36,10 @@ class RuntimeSettings(BaseSettings):
     max_prompt_chars: int = Field(2000, ge=1)
     default_steps: int = Field(20, ge=1)
     default_guidance_scale: float = Field(7.0, ge=0)
+    # OpenAI's `quality` as step presets: low, medium (= DEFAULT_STEPS) and high. Unset, low is
+    # half the default steps and high twice them, within MAX_STEPS.
+    quality_low_steps: int | None = Field(None, ge=1)
+    quality_high_steps: int | None = Field(None, ge=1)
     default_strength: float = Field(0.8, gt=0, le=1)
     max_input_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
@@ -49,6 +53,23 @@ class RuntimeSettings(BaseSettings):
     # finish; the pod's terminationGracePeriodSeconds must be longer still. KServe's own 30 s
     # is shorter than a long generation on a busy GPU.
     shutdown_grace_seconds: int = Field(30, ge=1)
+
+    @field_validator("quality_low_steps", "quality_high_steps")
+    @classmethod
+    def _within_max_steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = info.data.get("max_steps")
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(f"more than MAX_STEPS ({limit}); lower it or raise MAX_STEPS")
+        return value
+
+    def quality_steps(self) -> dict[str, int]:
+        """Steps per quality preset; `auto` and DALL-E 3's `standard` / `hd` map onto them."""
+        medium = min(self.default_steps, self.max_steps)
+        return {
+            "low": self.quality_low_steps or max(1, medium // 2),
+            "medium": medium,
+            "high": self.quality_high_steps or min(medium * 2, self.max_steps),
+        }
 
     @field_validator("enable_cpu_offload", mode="before")
     @classmethod

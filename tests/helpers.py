@@ -8,6 +8,7 @@ import io
 import httpx
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
 # Long enough (about 10 s on the tiny model) that a cancellation clearly stops it early.
@@ -31,3 +32,13 @@ def metric(base_url: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+def check_openai_event(event: object, expected: type[BaseModel]) -> None:
+    """EVENT, as the `openai` client parsed it, is exactly of type EXPECTED: every field the
+    type requires and no other, each value one the type allows."""
+    assert isinstance(event, expected), f"{type(event).__name__} is not {expected.__name__}"
+    required = {name for name, field in expected.model_fields.items() if field.is_required()}
+    assert event.model_fields_set == required, event.model_fields_set ^ required
+    assert not event.model_extra
+    expected.model_validate(event.model_dump(exclude_unset=True))

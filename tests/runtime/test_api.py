@@ -89,6 +89,15 @@ def test_scheduler_can_be_chosen(runtime):
         ({"prompt": "x", "guidance_scale": 500}, ["guidance_scale"]),
         ({"prompt": "x", "output_format": "gif"}, ["output_format", "png"]),
         ({"prompt": "x", "scheduler": "Nope"}, ["scheduler", "DDIMScheduler"]),
+        ({"prompt": "x", "quality": "best"}, ["quality", "low"]),
+        ({"prompt": "x", "quality": "low"}, ["quality", "num_inference_steps", "one of the two"]),
+        ({"prompt": "x", "background": "transparent"}, ["background", "alpha", "opaque"]),
+        ({"prompt": "x", "output_compression": 50}, ["output_compression", "jpeg or webp"]),
+        (
+            {"prompt": "x", "output_format": "webp", "output_compression": -1},
+            ["output_compression"],
+        ),
+        ({"prompt": "x", "partial_images": 4}, ["partial_images", "3"]),
     ],
 )
 def test_invalid_instances_are_400_naming_the_field(runtime, instance, names):
@@ -98,6 +107,13 @@ def test_invalid_instances_are_400_naming_the_field(runtime, instance, names):
     assert message.startswith("instances[0].")
     for name in names:
         assert name in message
+
+
+def test_partial_images_are_refused_where_nothing_streams(runtime):
+    response = predict(runtime.url, {**SMALL, "prompt": "x", "partial_images": 1})
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert message.startswith("partial_images:") and ":generate" in message
 
 
 def test_second_instance_error_names_its_index(runtime):

@@ -22,13 +22,28 @@ def test_defaults_follow_the_deployment_guide(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("DTYPE", "fp8"), ("ENABLE_CPU_OFFLOAD", "always"), ("MAX_STEPS", "0"), ("MAX_PIXELS", "x")],
+    [
+        ("DTYPE", "fp8"),
+        ("ENABLE_CPU_OFFLOAD", "always"),
+        ("MAX_STEPS", "0"),
+        ("MAX_PIXELS", "x"),
+        ("QUALITY_LOW_STEPS", "0"),
+        ("QUALITY_HIGH_STEPS", "101"),
+    ],
 )
 def test_bad_values_name_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert name in str(error.value.code)
+
+
+def test_quality_presets_follow_the_default_steps_within_max_steps():
+    assert RuntimeSettings().quality_steps() == {"low": 10, "medium": 20, "high": 40}
+    capped = RuntimeSettings(default_steps=28, max_steps=50)
+    assert capped.quality_steps() == {"low": 14, "medium": 28, "high": 50}
+    chosen = RuntimeSettings(quality_low_steps=4, quality_high_steps=60)
+    assert chosen.quality_steps() == {"low": 4, "medium": 20, "high": 60}
 
 
 def test_the_process_refuses_to_start_on_a_bad_value(tmp_path):

@@ -45,6 +45,26 @@ def test_one_progress_event_per_step_then_the_result(runtime):
     assert decode(result["images"][0]).size == (64, 64)
 
 
+def test_partial_images_follow_the_progress_of_their_step(runtime):
+    instance = {**SMALL, "prompt": "p", "num_inference_steps": 6, "partial_images": 2}
+    with stream(runtime.url, {**instance, "num_images": 2}) as response:
+        received = list(events(response))
+    kinds = [
+        f"{event}:{data['step']}" if event == "progress" else event for event, data in received
+    ]
+    assert kinds == [
+        "progress:1", "progress:2", "partial_image", "partial_image", "progress:3",
+        "progress:4", "partial_image", "partial_image", "progress:5", "progress:6", "result",
+    ]  # fmt: skip
+    partials = [data for event, data in received if event == "partial_image"]
+    assert [(p["image_index"], p["partial_image_index"]) for p in partials] == [
+        (0, 0), (1, 0), (0, 1), (1, 1),
+    ]  # fmt: skip
+    for partial in partials:
+        assert (partial["width"], partial["height"], partial["quality"]) == (64, 64, None)
+        assert decode(partial["image"]).size == (64, 64)
+
+
 def test_stream_rejects_invalid_input_before_streaming(runtime):
     response = httpx.post(
         f"{runtime.url}/v1/models/model:generate",
