@@ -201,13 +201,14 @@ class RuntimeClient:
     ) -> dict[str, Any]:
         """One prediction over the progress stream, within GENERATION_TIMEOUT_SECONDS.
 
-        A failure before the runtime reported a step is sent again, once per replica and once
-        more, with a short pause: behind the Service another replica takes it. After a step a
+        A failure before the runtime reported a step is sent again, once per replica and twice
+        more, after pauses that add up to a few seconds: long enough for Kubernetes to take a
+        dead replica out of the Service, so another replica takes it. After a step a
         failure is final: a generation running when its replica failed may be what made the
         replica fail (out of memory), and sending it on could fail the next one too."""
         what = "generating an image"
         timeout = self._generation_timeout
-        attempts = self.replicas + 1
+        attempts = self.replicas + 2
         first: RuntimeCallError | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -229,7 +230,7 @@ class RuntimeClient:
                             self.target.url,
                             exc.code,
                         )
-                        await asyncio.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
+                        await asyncio.sleep(min(2.0, 0.5 * 2 ** (attempt - 1)))
         except TimeoutError as exc:
             raise self._transport_error(exc, what, timeout) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -68,16 +68,20 @@ def behind(cluster: FakeCluster, proxy: FaultProxy, ready: list[bool]) -> None:
 
 
 async def runtime_state(http: httpx.AsyncClient, url: str) -> dict:
+    """painter's entry in /health?details=true; empty until discovery has found it."""
     details = (await http.get(f"{url}/health", params={"details": "true"})).json()
-    (painter,) = [r for r in details["runtimes"] if r["model"] == "painter"]
-    return painter
+    return next((r for r in details["runtimes"] if r["model"] == "painter"), {})
 
 
-async def until(check: Callable[[], object], timeout: float = 30) -> None:
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[misc]
+    while not await check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+async def replicas_are(http: httpx.AsyncClient, url: str, replicas: int) -> bool:
+    return (await runtime_state(http, url)).get("replicas") == replicas
 
 
 async def sees(http: httpx.AsyncClient, url: str, proxy: FaultProxy, replicas: int) -> None:
@@ -85,7 +89,7 @@ async def sees(http: httpx.AsyncClient, url: str, proxy: FaultProxy, replicas: i
 
     async def check() -> bool:
         state = await runtime_state(http, url)
-        return state["replicas"] == replicas and state["ready"]
+        return state.get("replicas") == replicas and state.get("ready") is True
 
     await until(check)
     models = (await http.get(f"{url}/v1/models")).json()["data"]
@@ -222,7 +226,13 @@ async def test_a_killed_replica_loses_no_request_it_had_not_started(cluster, rep
             await until(busy_with_a_queue)
             victim.process.kill()
             victim.process.wait(10)
+            # About a second later Kubernetes has taken the pod out of the Service (kube-proxy)
+            # and out of its EndpointSlice (the MCP server's count).
+            await asyncio.sleep(1)
+            proxy.set_upstreams(int(survivor.url.rsplit(":", 1)[1]))
+            cluster.put_endpoints("painter", [True, False])
             answers = await asyncio.gather(*requests)
+            await until(lambda: replicas_are(http, url, 1))
 
         failed = [r for r in answers if r.status_code != 200]
         # At most the one generation it was running (one image per call) is lost...

@@ -56,6 +56,11 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def set_upstreams(self, *ports: int) -> None:
+        """What kube-proxy does when a pod leaves the Service's endpoints: new connections go
+        to the others only."""
+        self.upstream_ports = ports
+
     def set_mode(self, mode: Mode) -> None:
         async def switch() -> None:
             self.mode = mode
