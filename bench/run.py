@@ -34,6 +34,7 @@ import openai
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.helpers import metric
 from tests.reliability.proxy import fault_proxy
 from tests.support import DEFAULT_MODEL, REPO, ServerProcess, start_mcp_server, start_runtime
 
@@ -246,6 +247,41 @@ def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
     return generate
 
 
+def partial_image_cost(url: str, client: httpx.Client, repeats: int = 9) -> dict[str, float]:
+    """What partial images cost: one 128x128, 20-step generation streamed from the runtime
+    with none and with three (interleaved), and the runtime's own time per partial picture
+    (estimate plus VAE decode, diffusers_partial_image_seconds)."""
+
+    def stream(partial_images: int) -> None:
+        instance = {
+            "prompt": "a small red circle in the top left corner on a blue background",
+            "seed": 0,
+            "width": 128,
+            "height": 128,
+            "num_inference_steps": 20,
+            "partial_images": partial_images,
+        }
+        with client.stream(
+            "POST", f"{url}/v1/models/model:generate", json={"instances": [instance]}
+        ) as response:
+            response.raise_for_status()
+            for _ in response.iter_lines():
+                pass
+
+    figures = timed(
+        {"none": functools.partial(stream, 0), "three": functools.partial(stream, 3)}, repeats
+    )
+    none, three = figures["none"]["median"], figures["three"]["median"]
+    count = metric(url, "diffusers_partial_image_seconds_count")
+    return {
+        "none_s": none,
+        "three_s": three,
+        "per_partial_ms": (three - none) / 3 * 1000,
+        "per_partial_share": (three - none) / 3 / none,
+        "decode_ms": metric(url, "diffusers_partial_image_seconds_sum") / count * 1000,
+    }
+
+
 def throughput(call: Callable[[dict], None], clients: int, params: dict = SMALL) -> float:
     """Images per second with CLIENTS closed-loop clients, 24 requests in all."""
     per_client = 24 // clients
@@ -399,6 +435,9 @@ def measure(log_dir: Path) -> dict:
             results["latency"][key] = figures
             print(key, {n: round(f["median"] * 1000, 1) for n, f in figures.items()}, flush=True)
 
+        results["partial_images"] = partial_image_cost(runtime.url, http)
+        print("partial images", results["partial_images"], flush=True)
+
         # Sequential raw throughput is one image per raw latency, measured interleaved above.
         raw_rate = 1 / results["latency"]["64x64/4"]["raw"]["median"]
         results["throughput"]["raw_sequential"] = raw_rate
@@ -471,7 +510,7 @@ def table(results: dict) -> str:
         ]
         lines.append(f"| {clients} | " + " | ".join(cells) + " |")
     off = t[f"runtime_{max(CONCURRENCY)}_batching_off"]
-    w, c = results["wire"], results["cold_start"]
+    w, c, p = results["wire"], results["cold_start"], results["partial_images"]
     lines += [
         "",
         *scale_out_lines(results["scale_out"]),
@@ -483,6 +522,10 @@ def table(results: dict) -> str:
         f"- Runtime cold start: {c['runtime_ready_s']:.1f} s to ready vs "
         f"{c['import_and_load_s']:.1f} s to import and load in a bare process "
         f"(**{c['ratio']:.2f}x**).",
+        f"- Partial images (128x128, 20 steps, streamed): {p['none_s'] * 1000:.0f} ms with "
+        f"none, {p['three_s'] * 1000:.0f} ms with three: {p['per_partial_ms']:.0f} ms each "
+        f"(**{p['per_partial_share']:.1%}** of the generation); the runtime's estimate and "
+        f"decode per partial picture: {p['decode_ms']:.0f} ms.",
         f"- Wire bytes per image (128x128 PNG): MCP result {w['mcp_result_bytes']} B for a "
         f"{w['mcp_stored_image_bytes']} B image (**{w['mcp_ratio']:.2f}x**); REST b64_json "
         f"{w['rest_result_bytes']} B for {w['image_bytes']} B (**{w['rest_ratio']:.2f}x**).",

@@ -96,7 +96,7 @@ def build_components(settings: Settings) -> Components:
     if settings.discovery_enabled:
         discovery = Discovery(settings)
     service = ImageService(store, ModelRegistry(settings, http, discovery))
-    jobs = JobManager(service, store, settings.job_stale_seconds)
+    jobs = JobManager(service, store, settings.job_stale_seconds, settings.job_partial_images)
     mcp = build_mcp(service, jobs, settings.inline_image_max_bytes, settings.public_url)
     return Components(settings, http, service, jobs, mcp, discovery)
 
@@ -124,7 +124,7 @@ def error_response(exc: ServiceError, headers: Mapping[str, str] | None = None) 
     if exc.retry_after:
         headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
     return JSONResponse(
-        {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}},
+        exc.body(),
         status_code=exc.status,
         headers=headers,
     )

@@ -25,6 +25,18 @@ class ServiceError(Exception):
         """OpenAI's error category: the caller's mistake, or ours (or the runtime's)."""
         return "invalid_request_error" if self.status < 500 else "server_error"
 
+    def body(self) -> dict[str, object]:
+        """OpenAI's error shape, as a response body or a stream event: its client raises with
+        `message`."""
+        return {
+            "error": {
+                "message": str(self),
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
 
 class InvalidRequestError(ServiceError):
     """The request itself is wrong; the message names the field."""

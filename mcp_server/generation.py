@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -59,6 +60,25 @@ class GenerationRequest(EditFields, GenerationFields):
     """What the service generates: a new image, or an edit when `image` is set."""
 
 
+class OutputOptions(BaseModel):
+    """OpenAI's image options, on the REST API. The MCP tools leave them out: an agent pays
+    for every argument in its context and has num_inference_steps and output_format."""
+
+    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = Field(
+        None, description="Step preset instead of num_inference_steps (the model's quality_steps)."
+    )
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="jpeg/webp encoder quality, 0-100."
+    )
+    background: Literal["opaque", "auto", "transparent"] | None = Field(
+        None, description="The models here draw opaque images."
+    )
+
+
+class ImageRequest(OutputOptions, GenerationRequest):
+    """What the REST API generates: a GenerationRequest with OpenAI's options."""
+
+
 class EditRequest(GenerationRequest):
     """edit_image's arguments: an edit always has its source."""
 
@@ -95,6 +115,9 @@ class GenerationResult(BaseModel):
     num_inference_steps: int | None
     guidance_scale: float | None
     scheduler: str | None
+    # For the REST answer (OpenAI's fields), kept out of the MCP result and its schema.
+    quality: SkipJsonSchema[str | None] = Field(None, exclude=True)
+    background: SkipJsonSchema[str | None] = Field(None, exclude=True)
     # Five optional numbers cost more as a schema than as a sentence.
     timings: Annotated[
         Timings,

@@ -9,6 +9,7 @@ replica leaves a marker in the store that the owner's heartbeat picks up.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -17,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from mcp_server.errors import JobNotFoundError, ServiceError
-from mcp_server.generation import GenerationRequest, GenerationResult
+from mcp_server.generation import MIME_TYPES, GenerationRequest, GenerationResult
+from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import Store, check_id, new_id
 
@@ -46,10 +48,13 @@ class JobState(BaseModel):
 
 
 class JobManager:
-    def __init__(self, service: ImageService, store: Store, stale_seconds: float) -> None:
+    def __init__(
+        self, service: ImageService, store: Store, stale_seconds: float, partial_images: int
+    ) -> None:
         self.service = service
         self.store = store
         self.stale_seconds = stale_seconds
+        self.partial_images = partial_images
         self.heartbeat_seconds = max(stale_seconds / 4, 0.2)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -106,6 +111,13 @@ class JobManager:
                 last_saved = state.heartbeat_at
                 await self._save(state)
 
+        async def on_partial(partial: PartialImage) -> None:
+            # The first image stands for them all: an agent polling wants to see it forming.
+            if partial.image_index == 0:
+                mime_type = MIME_TYPES.get(partial.output_format, "image/png")
+                image_id = await self.store.put_image(base64.b64decode(partial.b64), mime_type)
+                await self.store.put_json(self._key(state.job_id) + ".preview", {"id": image_id})
+
         work = asyncio.current_task()
         heartbeat = asyncio.create_task(self._heartbeat(state, work))
         try:
@@ -114,6 +126,8 @@ class JobManager:
                 entry="start_generation",
                 request_id=request_id,
                 on_progress=on_progress,
+                on_partial=on_partial,
+                partial_images=self.partial_images,
                 base_url=base_url,
             )
             state.status = "succeeded"
@@ -166,6 +180,12 @@ class JobManager:
                 await asyncio.wait([task], timeout=min(remaining, 1.0))
             else:
                 await asyncio.sleep(min(remaining, 0.5))
+
+    async def preview(self, job_id: str) -> str | None:
+        """The image id of a job's latest partial image, if it has one yet. Kept beside the
+        job's record, not in it: the record is every job tool's result schema."""
+        document = await self.store.get_json(self._key(job_id) + ".preview")
+        return str(document["id"]) if document else None
 
     async def cancel(self, job_id: str) -> JobState:
         state = self._judge(await self._load(job_id))

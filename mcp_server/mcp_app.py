@@ -103,6 +103,9 @@ class Tools:
         wait_seconds: Annotated[
             float, Field(ge=0, le=300, description="Wait up to this long for the end.")
         ] = 0,
+        include_preview: Annotated[
+            bool, Field(description="While running, add the latest partial image.")
+        ] = False,
     ) -> Annotated[CallToolResult, JobState]:
         """A job's status and progress; once succeeded, the same result as generate_image.
         Keep wait_seconds below your tool-call timeout."""
@@ -117,6 +120,12 @@ class Tools:
                 f"Job {state.job_id} is {state.status}: step {state.step}/"
                 f"{state.total_steps or '?'}. Call get_generation again (wait_seconds up to 50)."
             )
+            preview = await self._preview_block(job_id) if include_preview else None
+            if preview is not None:
+                blocks = [preview]
+                text += " The image is the latest partial image: the picture as it forms."
+            elif include_preview:
+                text += " No partial image yet."
         else:
             text = f"Job {state.job_id} {state.status}: {state.error}"
         return CallToolResult(
@@ -133,7 +142,9 @@ class Tools:
         self, ctx: Context, request: GenerationRequest, entry: str
     ) -> CallToolResult:
         async def progress(step: int, total: int) -> None:
-            await ctx.report_progress(step, total, f"denoising step {step}/{total}")
+            # After the last step the runtime decodes the latents into the picture.
+            message = f"step {step}/{total}" if step < total else "decoding"
+            await ctx.report_progress(step, total, message)
 
         result, blobs = await self.service.generate(
             request,
@@ -161,18 +172,35 @@ class Tools:
         except NotFoundError:
             return None
 
+    async def _inline(self, data: bytes | None, mime_type: str) -> tuple[bytes, str] | None:
+        """DATA as it is when it fits the inline budget, else a downscaled preview."""
+        if data is not None and len(data) <= self.inline_budget:
+            return data, mime_type
+        if data is not None and self.inline_budget > 0:
+            return await asyncio.to_thread(_preview, data, self.inline_budget)
+        return None
+
+    async def _preview_block(self, job_id: str) -> ImageContent | None:
+        """A running job's latest partial image, when it has one that has not expired."""
+        image_id = await self.jobs.preview(job_id)
+        if image_id is None:
+            return None
+        try:
+            stored = await self.service.read_image(image_id)
+        except NotFoundError:
+            return None
+        inline = await self._inline(stored.data, stored.mime_type)
+        if inline is None:
+            return None
+        return ImageContent(data=base64.b64encode(inline[0]).decode(), mime_type=inline[1])
+
     async def _image_blocks(
         self, result: GenerationResult, blobs: list[bytes | None]
     ) -> list[ContentBlock]:
         """Per image: inline (or a preview) when its bytes are at hand, and always the link."""
-        budget = self.inline_budget
         blocks: list[ContentBlock] = []
         for ref, data in zip(result.images, blobs, strict=True):
-            inline: tuple[bytes, str] | None = None
-            if data is not None and len(data) <= budget:
-                inline = (data, ref.mime_type)
-            elif data is not None and budget > 0:
-                inline = await asyncio.to_thread(_preview, data, budget)
+            inline = await self._inline(data, ref.mime_type)
             if inline is not None:
                 encoded = base64.b64encode(inline[0]).decode()
                 blocks.append(ImageContent(data=encoded, mime_type=inline[1]))

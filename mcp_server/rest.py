@@ -8,27 +8,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server.errors import InvalidRequestError, ServiceError
 from mcp_server.generation import (
     EditFields,
     GenerationRequest,
+    GenerationResult,
     ImageRef,
+    ImageRequest,
     OutputFormat,
+    OutputOptions,
     PromptFields,
     Strength,
     Timings,
 )
 from mcp_server.logs import request_id_var
+from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import ID_PATTERN
 
@@ -49,16 +54,36 @@ def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
     return InvalidRequestError("Invalid request: " + "; ".join(parts), param=first)
 
 
-class OpenAIFields(BaseModel):
+class OpenAIFields(OutputOptions):
     """What OpenAI's Images API names its own way, and its extras."""
 
     n: int = Field(1, ge=1, description="Number of images.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
+    moderation: Literal["auto", "low"] | None = Field(
+        None, description="Accepted for OpenAI compatibility; nothing is moderated here."
+    )
+    style: str | None = Field(None, description="DALL-E 3's; refused: put the style in the prompt.")
+    stream: bool = Field(False, description="Answer with OpenAI's server-sent image events.")
+    partial_images: int = Field(
+        0, ge=0, le=3, description="With stream: estimates of each image while it forms."
+    )
 
-    def generation(self, **edit: str | None) -> GenerationRequest:
+    def generation(self, **edit: str | None) -> ImageRequest:
         """The service's request: our fields as they are, OpenAI's translated."""
+        if self.style is not None:
+            raise InvalidRequestError(
+                "style: vivid and natural are DALL-E 3's styles, which these models do not "
+                "have; describe the style in the prompt instead",
+                param="style",
+            )
+        if self.partial_images and not self.stream:
+            raise InvalidRequestError(
+                "partial_images: only a stream carries partial images; set stream to true, "
+                "or leave partial_images out",
+                param="partial_images",
+            )
         width = height = None
         if self.size is not None and self.size != "auto":
             match = SIZE.match(self.size)
@@ -68,9 +93,9 @@ class OpenAIFields(BaseModel):
                     param="size",
                 )
             width, height = int(match[1]), int(match[2])
-        ours = self.model_dump(include=set(GenerationRequest.model_fields)) | edit
+        ours = self.model_dump(include=set(ImageRequest.model_fields)) | edit
         try:
-            return GenerationRequest(**ours, width=width, height=height, num_images=self.n)
+            return ImageRequest(**ours, width=width, height=height, num_images=self.n)
         except ValidationError as exc:
             raise validation_problem(exc.errors()) from None
 
@@ -110,6 +135,8 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: OutputFormat
     size: str
+    quality: str | None
+    background: str | None
     model: str
     seed: int | None
     num_inference_steps: int | None
@@ -148,7 +175,10 @@ class Routes:
         self.public_url = public_url
 
     async def generate(self, body: ImageGenerationRequest, request: Request) -> Any:
-        return await self._serve(body, body.generation(), request, "POST /v1/images/generations")
+        entry = "POST /v1/images/generations"
+        if body.stream:
+            return await self._stream(body, body.generation(), request, entry, "image_generation")
+        return await self._serve(body, body.generation(), request, entry)
 
     async def edit(
         self,
@@ -161,7 +191,10 @@ class Routes:
                 "image: required; send the image to edit as a multipart file", param="image"
             )
         generation = form.generation(image=await _b64(source), mask_image=await _b64(form.mask))
-        return await self._serve(form, generation, request, "POST /v1/images/edits")
+        entry = "POST /v1/images/edits"
+        if form.stream:
+            return await self._stream(form, generation, request, entry, "image_edit")
+        return await self._serve(form, generation, request, entry)
 
     async def models(self) -> dict[str, Any]:
         return {
@@ -219,18 +252,7 @@ class Routes:
                 base_url=self.public_url or str(request.base_url).rstrip("/"),
             )
         )
-        # Starlette does not cancel an endpoint whose client went away (an SDK timeout, a
-        # Ctrl-C): watch for it, so the runtime stops instead of finishing unwanted images.
-        hangup = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hangup.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ServiceError):
-                await work
-            log.info("client disconnected; generation cancelled")
+        if not await _unless_hangup(work, request, work):
             return Response(status_code=499)
         result, blobs = work.result()
         if body.response_format == "b64_json":
@@ -242,6 +264,8 @@ class Routes:
             data=data,
             output_format=generation.output_format or "png",
             size=f"{result.width}x{result.height}",
+            quality=result.quality,
+            background=result.background,
             model=result.model,
             seed=result.seed,
             num_inference_steps=result.num_inference_steps,
@@ -249,6 +273,131 @@ class Routes:
             images=result.images,
             timings=result.timings,
         )
+
+    async def _stream(
+        self,
+        body: OpenAIFields,
+        generation: GenerationRequest,
+        request: Request,
+        entry: str,
+        kind: str,
+    ) -> Response:
+        """OpenAI's image stream over the runtime's. Until the runtime reports its first step
+        a failure is the usual JSON error; after that, an `error` event."""
+        events: asyncio.Queue[tuple[int, int] | PartialImage | None] = asyncio.Queue()
+
+        async def on_progress(step: int, total: int) -> None:
+            events.put_nowait((step, total))
+
+        async def on_partial(partial: PartialImage) -> None:
+            events.put_nowait(partial)
+
+        work = asyncio.ensure_future(
+            self.service.generate(
+                generation,
+                entry=entry,
+                request_id=request_id_var.get(),
+                on_progress=on_progress,
+                on_partial=on_partial,
+                partial_images=body.partial_images,
+                base_url=self.public_url or str(request.base_url).rstrip("/"),
+            )
+        )
+        work.add_done_callback(lambda _: events.put_nowait(None))
+        first = asyncio.ensure_future(events.get())
+        if not await _unless_hangup(first, request, work):
+            return Response(status_code=499)
+        if first.result() is None:
+            work.result()  # raises what failed before any step: a plain JSON error
+        return StreamingResponse(
+            _openai_events(first.result(), events, work, kind),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+def _sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _openai_events(
+    item: tuple[int, int] | PartialImage | None,
+    events: asyncio.Queue[tuple[int, int] | PartialImage | None],
+    work: asyncio.Future[tuple[GenerationResult, list[bytes]]],
+    kind: str,
+) -> AsyncIterator[bytes]:
+    """KIND.partial_image events as the runtime makes them, then one KIND.completed event per
+    image in image order (KIND: image_generation or image_edit). With n > 1 the partial images
+    of a step come in image order: the k-th event with a given partial_image_index is image
+    k's. Progress goes out as SSE comments, which clients skip and proxies see as life."""
+    try:
+        while item is not None:
+            if isinstance(item, PartialImage):
+                yield _sse(
+                    f"{kind}.partial_image",
+                    {
+                        "type": f"{kind}.partial_image",
+                        "b64_json": item.b64,
+                        "created_at": int(time.time()),
+                        "partial_image_index": item.partial_image_index,
+                        "size": f"{item.width}x{item.height}",
+                        "quality": item.quality or "auto",
+                        "background": item.background,
+                        "output_format": item.output_format,
+                    },
+                )
+            else:
+                yield f": step {item[0]}/{item[1]}\n\n".encode()
+            item = await events.get()
+        try:
+            result, blobs = work.result()
+        except ServiceError as exc:
+            yield _sse("error", exc.body())
+            return
+        for ref, blob in zip(result.images, blobs, strict=True):
+            yield _sse(
+                f"{kind}.completed",
+                {
+                    "type": f"{kind}.completed",
+                    "b64_json": base64.b64encode(blob).decode(),
+                    "created_at": int(time.time()),
+                    "size": f"{result.width}x{result.height}",
+                    "quality": result.quality or "auto",
+                    "background": result.background or "auto",
+                    "output_format": ref.mime_type.removeprefix("image/"),
+                    # Diffusion models count no tokens; the completed event's type needs these.
+                    "usage": {
+                        "input_tokens": 0,
+                        "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+                        "output_tokens": 0,
+                        "total_tokens": 0,
+                    },
+                },
+            )
+    finally:
+        # Also when the client hangs up mid-stream: the runtime stops within one step.
+        work.cancel()
+
+
+async def _unless_hangup(
+    waiting: asyncio.Future[Any], request: Request, work: asyncio.Future[Any]
+) -> bool:
+    """Wait for WAITING; when the client hangs up first (an SDK timeout, a Ctrl-C), cancel
+    WORK and say False. Starlette does not cancel an endpoint whose client went away: without
+    this the runtime would finish images nobody wants."""
+    hangup = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+    if waiting.done():
+        return True
+    waiting.cancel()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ServiceError):
+        await work
+    log.info("client disconnected; generation cancelled")
+    return False
 
 
 async def _disconnected(request: Request) -> None:
@@ -281,7 +430,13 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
             summary=summary,
             response_model=ImagesResponse,
             response_model_exclude_none=True,
-            responses=ERRORS,
+            responses={
+                200: {
+                    "description": "The images; with stream true, OpenAI's image events",
+                    "content": {"text/event-stream": {}},
+                },
+                **ERRORS,
+            },
         )
     router.add_api_route(
         "/v1/models", routes.models, tags=["models"], summary="List models (OpenAI shape)"

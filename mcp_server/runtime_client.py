@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,6 +25,24 @@ from mcp_server.settings import RuntimeTarget
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """One `partial_image` event of the runtime's stream: an estimate of image
+    `image_index`'s final picture, the `partial_image_index`-th of the request."""
+
+    image_index: int
+    partial_image_index: int
+    b64: str
+    width: int
+    height: int
+    quality: str | None
+    background: str
+    output_format: str
+
+
+PartialCallback = Callable[[PartialImage], Awaitable[None]]
 
 # Failures that leave a request unserved but harmless to send again while no step ran: the
 # connection refused (a replica gone, its endpoint not yet removed), dropped before the answer
@@ -198,8 +217,10 @@ class RuntimeClient:
         instance: dict[str, Any],
         request_id: str | None,
         on_progress: ProgressCallback | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> dict[str, Any]:
         """One prediction over the progress stream, within GENERATION_TIMEOUT_SECONDS.
+        The instance's `partial_images` arrive at ON_PARTIAL.
 
         A failure before the runtime reported a step is sent again, once per replica and twice
         more, after pauses that add up to a few seconds: long enough for Kubernetes to take a
@@ -215,7 +236,9 @@ class RuntimeClient:
                 for attempt in range(1, attempts + 1):
                     progress = _Progress(on_progress)
                     try:
-                        return await self._generate_once(instance, request_id, progress, what)
+                        return await self._generate_once(
+                            instance, request_id, progress, on_partial, what
+                        )
                     except RuntimeCallError as exc:
                         if progress.step:
                             raise self._lost(exc, progress) from exc
@@ -236,7 +259,12 @@ class RuntimeClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _generate_once(
-        self, instance: dict[str, Any], request_id: str | None, progress: _Progress, what: str
+        self,
+        instance: dict[str, Any],
+        request_id: str | None,
+        progress: _Progress,
+        on_partial: PartialCallback | None,
+        what: str,
     ) -> dict[str, Any]:
         """The stream lives inside `async with`: when the caller is cancelled the connection
         closes and the runtime stops the generation."""
@@ -259,6 +287,12 @@ class RuntimeClient:
                         step = _progress(event.data)
                         if step is not None:
                             await progress.report(*step)
+                    elif event.event == "partial_image" and on_partial is not None:
+                        try:
+                            partial = _partial(json.loads(event.data))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            raise self._garbage(what, f"unreadable partial image: {exc}") from exc
+                        await on_partial(partial)
                     elif event.event == "result":
                         try:
                             prediction = _check_prediction(json.loads(event.data))
@@ -349,6 +383,22 @@ def _progress(data: str) -> tuple[int, int] | None:
         return int(payload["step"]), int(payload["total"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _partial(data: Any) -> PartialImage:
+    b64 = data["image"]["b64"]
+    if not isinstance(b64, str):
+        raise TypeError("image.b64 is not a string")
+    return PartialImage(
+        image_index=int(data["image_index"]),
+        partial_image_index=int(data["partial_image_index"]),
+        b64=b64,
+        width=int(data["width"]),
+        height=int(data["height"]),
+        quality=data.get("quality"),
+        background=str(data["background"]),
+        output_format=str(data["image"]["format"]).lower(),
+    )
 
 
 def _check_prediction(prediction: Any) -> dict[str, Any]:

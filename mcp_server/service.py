@@ -30,7 +30,7 @@ from mcp_server.generation import (
     image_uri,
 )
 from mcp_server.registry import ModelInfo, ModelRegistry, RuntimeState
-from mcp_server.runtime_client import ProgressCallback
+from mcp_server.runtime_client import PartialCallback, ProgressCallback
 from mcp_server.store import Store, StoredImage
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,12 @@ class ImageService:
         entry: str,
         request_id: str | None,
         on_progress: ProgressCallback | None = None,
+        on_partial: PartialCallback | None = None,
+        partial_images: int = 0,
         base_url: str | None = None,
     ) -> tuple[GenerationResult, list[bytes]]:
         """Generate, store and describe the images; returns the result and the image bytes.
+        PARTIAL_IMAGES estimates of each image arrive at ON_PARTIAL while it is made.
 
         Always over the runtime's progress stream, whether or not the caller wants progress:
         cancelling this coroutine then closes the stream, which stops the runtime."""
@@ -72,6 +75,8 @@ class ImageService:
             client = self.registry.client(request.model)
             name = client.target.name
             instance = await self._instance(request)
+            if partial_images:
+                instance["partial_images"] = partial_images
             with self.registry.clients_limit.hold():
                 async with self.registry.limiter(name).slot():
                     waited_ms = (time.monotonic() - started) * 1000
@@ -83,7 +88,9 @@ class ImageService:
                         extra={"model": name},
                     )
                     try:
-                        prediction = await client.generate(instance, request_id, on_progress)
+                        prediction = await client.generate(
+                            instance, request_id, on_progress, on_partial
+                        )
                     except RuntimeCallError as exc:
                         if not isinstance(exc, RuntimeRejectedError):
                             metrics.RUNTIME_ERRORS.labels(name, exc.code).inc()
@@ -186,6 +193,8 @@ class ImageService:
             num_inference_steps=prediction.get("num_inference_steps", request.num_inference_steps),
             guidance_scale=prediction.get("guidance_scale", request.guidance_scale),
             scheduler=prediction.get("scheduler", request.scheduler),
+            quality=prediction.get("quality"),
+            background=prediction.get("background"),
             timings=timings,
             expires_at=time.time() + self.store.ttl_seconds,
         )

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
 
     # A job whose worker has not written a heartbeat for this long is reported failed.
     job_stale_seconds: float = Field(default=30, gt=0)
+    # Partial images a job asks the runtime for, so that get_generation's include_preview can
+    # show the picture forming; each costs one VAE decode on the runtime. 0: none.
+    job_partial_images: int = Field(default=2, ge=0, le=3)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Text for a terminal; the container image sets json, what log collectors expect.

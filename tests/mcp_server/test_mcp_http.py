@@ -89,8 +89,10 @@ def test_tools_list_fits_an_agents_context_without_losing_a_field(
         assert set(properties) == set(model.model_fields), name
         assert all(schema.get("description") for schema in properties.values()), name
         assert not any("title" in schema or "anyOf" in schema for schema in properties.values())
+    # Fields excluded from the result (the REST answer's quality, background) are not in it.
+    published = {n for n, f in GenerationResult.model_fields.items() if not f.exclude}
     for name in ("generate_image", "edit_image"):
-        assert set(schemas[name].output_schema["properties"]) == set(GenerationResult.model_fields)
+        assert set(schemas[name].output_schema["properties"]) == published
     for name in ("start_generation", "get_generation", "cancel_generation"):
         assert set(schemas[name].output_schema["properties"]) == set(JobState.model_fields)
     assert set(schemas["list_models"].output_schema["$defs"]["ModelInfo"]["properties"]) == set(
@@ -138,6 +140,55 @@ def test_generates_an_image_with_one_progress_notification_per_step(
     download = httpx.get(data["images"][0]["url"], timeout=10)
     assert download.status_code == 200 and download.headers["content-type"] == "image/png"
     assert image_size(download.content) == (96, 64)
+
+
+def test_progress_messages_say_the_step_then_decoding(mcp_server: ServerProcess) -> None:
+    messages: list[str | None] = []
+
+    async def on_progress(_done: float, _total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            return await client.call_tool(
+                "generate_image", {"prompt": "x", **SMALL}, progress_callback=on_progress
+            )
+
+    assert not run(scenario()).is_error
+    assert messages == ["step 1/4", "step 2/4", "step 3/4", "decoding"]
+
+
+def test_get_generation_shows_a_running_job_forming(mcp_server: ServerProcess) -> None:
+    """JOB_PARTIAL_IMAGES (2) partial images: after steps 33 and 67 of 100."""
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            started = await client.call_tool("start_generation", {"prompt": "forming", **LONG})
+            job_id = started.structured_content["job_id"]
+            plain = await client.call_tool(
+                "get_generation", {"job_id": job_id, "include_preview": True}
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                state = await client.call_tool(
+                    "get_generation", {"job_id": job_id, "include_preview": True}
+                )
+                if any(block.type == "image" for block in state.content):
+                    break
+                await asyncio.sleep(0.2)
+            without = await client.call_tool("get_generation", {"job_id": job_id})
+            await client.call_tool("cancel_generation", {"job_id": job_id})
+            return plain, state, without
+
+    plain, state, without = run(scenario())
+    assert [block.type for block in plain.content] == ["text"]
+    assert "No partial image yet" in plain.content[0].text
+    assert state.structured_content["status"] == "running"
+    assert state.structured_content["step"] >= 33
+    (preview,) = [block for block in state.content if block.type == "image"]
+    assert image_size(preview.data) == (256, 256)
+    assert "partial image" in state.content[0].text
+    assert [block.type for block in without.content] == ["text"]
 
 
 def test_argument_and_runtime_validation_errors_are_tool_errors_naming_the_field(
