@@ -66,7 +66,7 @@ run: install ## Run the local stack (runtime + MCP server; MODEL_ID, default mod
 		$(PY) -m scripts.local_stack
 
 .PHONY: bench
-bench: install ## Evaluate the default model, then benchmark raw pipeline, runtime, MCP and REST (bench/results/)
+bench: install ## Evaluate the default model, then benchmark raw pipeline, runtime, MCP and REST, and images/s against runtime replicas (bench/results/)
 	$(PY) -m scene_model evaluate --model $(MODEL_ID) --report bench/results/evaluation.json
 	MODEL_ID=$(MODEL_ID) $(PY) -m bench.run
 
