@@ -95,6 +95,10 @@ def test_the_json_answer_says_size_quality_background_and_format(client):
     )
     assert image_size(result.data[0].b64_json) == (64, 96)
     assert client.images.generate(prompt="x", size="64x64", moderation="low").data
+    for background in ("opaque", "auto"):
+        opaque = client.images.generate(prompt="x", size="64x64", background=background)
+        assert opaque.background == "opaque"
+    assert client.images.generate(prompt="x", size="64x64", quality="hd").quality == "high"
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,21 @@ def test_quality_picks_the_step_preset(client, runtime):
     assert client.images.generate(prompt="x", size="64x64", quality="hd").quality == "high"
 
 
+@pytest.mark.parametrize(
+    ("quality", "preset"),
+    [("low", "low"), ("medium", "medium"), ("high", "high"), ("auto", "medium"),
+     ("standard", "medium"), ("hd", "high")],
+)  # fmt: skip
+def test_every_quality_name_is_a_preset(client, quality, preset):
+    assert client.images.generate(prompt="x", size="64x64", quality=quality).quality == preset
+
+
+@pytest.mark.parametrize("background", ["opaque", "auto"])
+def test_opaque_backgrounds_are_drawn(client, background):
+    result = client.images.generate(prompt="x", size="64x64", background=background)
+    assert result.background == "opaque"
+
+
 def test_stream_sends_partial_images_in_order_then_one_completed_event_per_image(client):
     stream = client.images.generate(
         prompt="a boat", n=2, size="64x64", stream=True, partial_images=2, extra_body=STEPS

@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from diffusers_runtime.engine import Engine, partial_steps
 from diffusers_runtime.loading import load_pipeline
@@ -112,6 +113,20 @@ def test_a_scheduler_without_sigmas_still_sends_its_partial_images(tiny):
     ddim = dataclasses.replace(generation(2), scheduler="DDIMScheduler")
     _, (partials,) = run(tiny, (ddim, True))
     assert len(partials) == 2
+
+
+def test_inpainting_partial_images_keep_the_source_outside_the_mask(tiny):
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half only
+    edit = dataclasses.replace(
+        generation(2, steps=8), mode="inpaint", image=source, mask=mask, strength=1.0
+    )
+    _, (partials,) = run(tiny, (edit, True))
+    assert len(partials) == 2
+    for _, _, image in partials:
+        kept = np.asarray(image)[:, 32:]
+        assert (kept == np.asarray(source)[:, 32:]).all()
 
 
 def pixels(image) -> np.ndarray:
