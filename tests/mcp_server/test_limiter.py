@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 
+from mcp_server.app import client_of
 from mcp_server.errors import BusyError, ClientBusyError
 from mcp_server.limiter import ClientLimits, Limiter, client_var
 
@@ -105,3 +106,11 @@ def test_one_client_holds_at_most_its_share_and_others_are_not_affected():
     with contextlib.ExitStack() as stack:
         for _ in range(50):
             stack.enter_context(unlimited.hold())
+
+
+def test_the_client_is_the_address_the_router_saw():
+    # The router appends the address it saw; what comes before it the client wrote itself.
+    forged = {b"x-forwarded-for": b"10.9.9.9, 192.0.2.7"}
+    assert client_of({"client": ("10.128.2.5", 40000)}, forged) == "192.0.2.7"
+    assert client_of({"client": ("10.128.2.5", 40000)}, {}) == "10.128.2.5"
+    assert client_of({}, {}) == "unknown"
