@@ -43,11 +43,8 @@ class Plan:
     # Latent pools the denoiser trains on: (picture size, pictures, batch size).
     pools: tuple[tuple[int, int, int], ...] = ((128, 24_000, 32), (64, 12_000, 48), (256, 2_500, 8))
     pool_weights: tuple[float, ...] = (0.65, 0.2, 0.15)
-    denoiser_steps: int = 10_500
+    denoiser_steps: int = 14_000
     denoiser_lr: float = 6e-4
-    # Constant after the warm-up, then down to zero over the last steps: the decay is where a
-    # constant-rate run collects most of its remaining gain.
-    denoiser_decay: int = 2500
     # Extra loss weight on the latents around the shape, for the same reason as above: the
     # shape's colour and kind are what the denoiser learns last, on a few percent of the loss.
     denoiser_shape_weight: float = 4.0
@@ -320,9 +317,7 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
         )
         loss = ((prediction - (noise - latents)) ** 2 * weight).mean() / weight.mean()
         for group in optimizer.param_groups:
-            group["lr"] = plan.denoiser_lr * min(
-                1.0, (step + 1) / plan.warmup, (plan.denoiser_steps - step) / plan.denoiser_decay
-            )
+            group["lr"] = plan.denoiser_lr * min(1.0, (step + 1) / plan.warmup)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
