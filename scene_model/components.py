@@ -36,8 +36,7 @@ CLIP_MAX_TOKENS = 32  # the longest caption is 24 words; the pipeline pads every
 CLIP_WIDTH = 64
 CLIP_PROJECTION = 64
 JOINT_WIDTH = 2 * CLIP_WIDTH  # SD3 concatenates the two CLIP encoders' features
-# SD3's own count, which diffusers' SD3 inpainting requires of the transformer's input.
-LATENT_CHANNELS = 16
+LATENT_CHANNELS = 8
 NATIVE_SIZE = 128
 VAE_SCALE = 8
 T5_TOKENS = 256  # what StableDiffusion3Pipeline sends by default (max_sequence_length)

@@ -43,11 +43,8 @@ class Plan:
     # Latent pools the denoiser trains on: (picture size, pictures, batch size).
     pools: tuple[tuple[int, int, int], ...] = ((128, 24_000, 32), (64, 12_000, 48), (256, 2_500, 8))
     pool_weights: tuple[float, ...] = (0.65, 0.2, 0.15)
-    denoiser_steps: int = 14_000
+    denoiser_steps: int = 8500
     denoiser_lr: float = 6e-4
-    # Extra loss weight on the latents around the shape, for the same reason as above: the
-    # shape's colour and kind are what the denoiser learns last, on a few percent of the loss.
-    denoiser_shape_weight: float = 4.0
     warmup: int = 400
     ema_decay: float = 0.999
     empty_caption: float = 0.1  # classifier-free guidance needs the unconditioned case
@@ -229,19 +226,6 @@ class SilentT5Attention:
         return attn.to_out[1](attn.to_out[0](image)), context
 
 
-def shape_mask(drawn: list[scenes.Scene], cells: int) -> torch.Tensor:
-    """1 on the latent cells within a cell of each shape's bounding box, 0 elsewhere."""
-    centres = (torch.arange(cells) + 0.5) / cells
-    masks = []
-    for scene in drawn:
-        fx, fy = scenes.POSITIONS[scene.position]
-        reach = scenes.SIZES[scene.size] * scene.scale / 2 + 1 / cells
-        inside_x = (centres - fx - scene.dx).abs() <= reach
-        inside_y = (centres - fy - scene.dy).abs() <= reach
-        masks.append(inside_y[:, None] & inside_x[None, :])
-    return torch.stack(masks)[:, None].float()
-
-
 def encode_captions(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The transformer's context and pooled vector, as the pipeline builds them, T5 as one token."""
     first, pooled_first = pipe._get_clip_prompt_embeds(captions, clip_model_index=0)
@@ -312,10 +296,7 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
             pooled_projections=pooled,
             timestep=sigmas * 1000,
         ).sample
-        weight = 1 + plan.denoiser_shape_weight * shape_mask(
-            [pool.scenes[i] for i in picks], latents.shape[-1]
-        )
-        loss = ((prediction - (noise - latents)) ** 2 * weight).mean() / weight.mean()
+        loss = F.mse_loss(prediction, noise - latents)
         for group in optimizer.param_groups:
             group["lr"] = plan.denoiser_lr * min(1.0, (step + 1) / plan.warmup)
         optimizer.zero_grad(set_to_none=True)
