@@ -114,6 +114,9 @@ class JobManager:
         async def on_partial(partial: PartialImage) -> None:
             # The first image stands for them all: an agent polling wants to see it forming.
             if partial.image_index == 0:
+                # The step it was made at first (its progress event came before it), so a
+                # reader that finds the preview never finds an older step beside it.
+                await self._save(state)
                 mime_type = MIME_TYPES.get(partial.output_format, "image/png")
                 image_id = await self.store.put_image(base64.b64decode(partial.b64), mime_type)
                 await self.store.put_json(self._key(state.job_id) + ".preview", {"id": image_id})
