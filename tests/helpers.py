@@ -42,3 +42,28 @@ def check_openai_event(event: object, expected: type[BaseModel]) -> None:
     assert event.model_fields_set == required, event.model_fields_set ^ required
     assert not event.model_extra
     expected.model_validate(event.model_dump(exclude_unset=True))
+
+
+def check_streamed_generation(client, steps: dict) -> list:
+    """Two 64x64 images with two partial images each, streamed through the `openai` CLIENT:
+    four partial events (within a step, image order), then one completed event per image,
+    each exactly of its type. Returns the completed events."""
+    from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
+
+    stream = client.images.generate(
+        prompt="a boat", n=2, size="64x64", stream=True, partial_images=2, extra_body=steps
+    )
+    received = list(stream)
+    partials, completed = received[:4], received[4:]
+    for event in partials:
+        check_openai_event(event, ImageGenPartialImageEvent)
+    for event in completed:
+        check_openai_event(event, ImageGenCompletedEvent)
+    # Within a step the images come in order: the k-th event of an index is image k.
+    assert [event.partial_image_index for event in partials] == [0, 0, 1, 1]
+    assert len(completed) == 2
+    assert {(e.size, e.background, e.output_format, e.quality) for e in received} == {
+        ("64x64", "opaque", "png", "auto")
+    }
+    assert all(image_size(event.b64_json) == (64, 64) for event in received)
+    return completed

@@ -14,11 +14,10 @@ from openai.types import (
     ImageEditCompletedEvent,
     ImageEditPartialImageEvent,
     ImageGenCompletedEvent,
-    ImageGenPartialImageEvent,
 )
 from PIL import Image
 
-from tests.helpers import check_openai_event, image_size, metric
+from tests.helpers import check_openai_event, check_streamed_generation, image_size, metric
 from tests.support import ServerProcess, start_mcp_server, start_runtime
 
 STEPS = {"num_inference_steps": 6}
@@ -38,22 +37,7 @@ def png() -> bytes:
 
 
 def test_stream_sends_partial_images_in_order_then_one_completed_event_per_image(client):
-    stream = client.images.generate(
-        prompt="a boat", n=2, size="64x64", stream=True, partial_images=2, extra_body=STEPS
-    )
-    received = list(stream)
-    partials, completed = received[:4], received[4:]
-    for event in partials:
-        check_openai_event(event, ImageGenPartialImageEvent)
-    for event in completed:
-        check_openai_event(event, ImageGenCompletedEvent)
-    # Within a step the images come in order: the k-th event of an index is image k.
-    assert [event.partial_image_index for event in partials] == [0, 0, 1, 1]
-    assert len(completed) == 2
-    assert {(e.size, e.background, e.output_format, e.quality) for e in received} == {
-        ("64x64", "opaque", "png", "auto")
-    }
-    assert all(image_size(event.b64_json) == (64, 64) for event in received)
+    check_streamed_generation(client, STEPS)
 
 
 def test_stream_with_a_quality_preset_and_jpeg(client):

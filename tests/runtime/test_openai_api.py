@@ -18,7 +18,6 @@ from openai.types import (
     ImageEditCompletedEvent,
     ImageEditPartialImageEvent,
     ImageGenCompletedEvent,
-    ImageGenPartialImageEvent,
 )
 from PIL import Image
 
@@ -26,7 +25,7 @@ from diffusers_runtime.errors import DeviceOutOfMemory
 from diffusers_runtime.model import DiffusersModel
 from diffusers_runtime.openai_api import register_openai_routes
 from diffusers_runtime.settings import RuntimeSettings
-from tests.helpers import check_openai_event, image_size, metric
+from tests.helpers import check_openai_event, check_streamed_generation, image_size, metric
 from tests.runtime.helpers import predict
 from tests.support import free_port
 
@@ -80,22 +79,7 @@ def test_opaque_backgrounds_are_drawn(client, background):
 
 
 def test_stream_sends_partial_images_in_order_then_one_completed_event_per_image(client):
-    stream = client.images.generate(
-        prompt="a boat", n=2, size="64x64", stream=True, partial_images=2, extra_body=STEPS
-    )
-    received = list(stream)
-    partials, completed = received[:4], received[4:]
-    for event in partials:
-        check_openai_event(event, ImageGenPartialImageEvent)
-    for event in completed:
-        check_openai_event(event, ImageGenCompletedEvent)
-    # Within a step the images come in order: the k-th event of an index is image k.
-    assert [event.partial_image_index for event in partials] == [0, 0, 1, 1]
-    assert len(completed) == 2
-    assert {(e.size, e.background, e.output_format, e.quality) for e in received} == {
-        ("64x64", "opaque", "png", "auto")
-    }
-    assert all(image_size(event.b64_json) == (64, 64) for event in received)
+    completed = check_streamed_generation(client, STEPS)
     assert completed[0].b64_json != completed[1].b64_json
 
 
