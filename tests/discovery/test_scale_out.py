@@ -88,12 +88,16 @@ async def sees(http: httpx.AsyncClient, url: str, proxy: FaultProxy, replicas: i
     """Wait until the MCP server serves painter at PROXY with REPLICAS counted."""
 
     async def check() -> bool:
+        # The count and the address change in separate discovery passes: wait for both.
         state = await runtime_state(http, url)
-        return state.get("replicas") == replicas and state.get("ready") is True
+        models = (await http.get(f"{url}/v1/models")).json()["data"]
+        return (
+            state.get("replicas") == replicas
+            and state.get("ready") is True
+            and any(m.get("runtime_url") == proxy.url for m in models)
+        )
 
     await until(check)
-    models = (await http.get(f"{url}/v1/models")).json()["data"]
-    assert any(m.get("runtime_url") == proxy.url for m in models), models
 
 
 def body(prompt: str, seed: int, fields: dict) -> dict:
