@@ -15,6 +15,7 @@ TINY = training.Plan(
     pools=((32, 8, 4),),
     pool_weights=(1.0,),
     denoiser_steps=4,
+    denoiser_decay=2,
     warmup=2,
     statistics_pictures=8,
     checkpoint_every=2,
