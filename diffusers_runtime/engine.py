@@ -42,6 +42,15 @@ STOPPING = (
     "the request; send it again: another replica takes it"
 )
 
+# The denoiser input channels each inpainting pipeline runs, as its own __call__ checks them
+# (latents alone, blended with the source at every step; or latents, mask and masked image):
+# checked at load so that /capabilities does not offer an inpainting the first request fails.
+INPAINT_CHANNELS = {
+    "StableDiffusion3InpaintPipeline": ("transformer", (16, 33)),
+    "StableDiffusionInpaintPipeline": ("unet", (4, 9)),
+    "StableDiffusionXLInpaintPipeline": ("unet", (4, 9)),
+}
+
 ProgressCallback = Callable[[int, int], None]
 # (image index within the request, partial image index, the picture)
 PartialCallback = Callable[[int, int, Image.Image], None]
@@ -108,6 +117,20 @@ class EngineResult:
     batch_size: int
 
 
+def unsupported_channels(variant: DiffusionPipeline) -> str | None:
+    """Why VARIANT cannot run this model's denoiser; None when it can."""
+    component, accepted = INPAINT_CHANNELS.get(type(variant).__name__, (None, ()))
+    denoiser = getattr(variant, component, None) if component else None
+    if denoiser is None or denoiser.config.in_channels in accepted:
+        return None
+    return (
+        f"{type(variant).__name__} runs a {component} with "
+        f"{' or '.join(map(str, accepted))} input channels and this model's has "
+        f"{denoiser.config.in_channels}, so it cannot inpaint; image-to-image (an image without "
+        "mask_image) still works"
+    )
+
+
 class Engine:
     def __init__(
         self,
@@ -130,10 +153,13 @@ class Engine:
         ):
             try:
                 # from_pipe shares every weight with the loaded pipeline: no second copy.
-                self._pipes[(mode, None)] = auto.from_pipe(pipe)
-                self.edit_modes[mode] = None
+                variant = auto.from_pipe(pipe)
             except (ValueError, KeyError) as exc:
                 self.edit_modes[mode] = f"{type(pipe).__name__} has no {mode} variant ({exc})"
+                continue
+            self.edit_modes[mode] = unsupported_channels(variant)
+            if self.edit_modes[mode] is None:
+                self._pipes[(mode, None)] = variant
         self._pipes[("text", None)] = pipe
         for variant in self._pipes.values():
             variant.set_progress_bar_config(disable=True)

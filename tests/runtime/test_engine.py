@@ -172,3 +172,23 @@ def test_a_request_cancelled_during_the_batch_window_leaves_the_engine_serving(p
     lone, after = asyncio.run(scenario())
     assert lone.cancelled()
     assert after.images[0].size == (64, 64)
+
+
+def test_an_sd3_model_whose_transformer_inpainting_cannot_run_is_not_offered_inpainting(pipe):
+    from scene_model import channels, components, training
+
+    sd3 = training.fresh_pipeline(components.autoencoder())  # 8 latent channels
+    narrow = Engine(sd3, "m", max_batch_size=1, batch_window_seconds=0)
+    assert narrow.edit_modes["image"] is None
+    assert narrow.edit_modes["inpaint"] == (
+        "StableDiffusion3InpaintPipeline runs a transformer with 16 or 33 input channels and "
+        "this model's has 8, so it cannot inpaint; image-to-image (an image without "
+        "mask_image) still works"
+    )
+    channels.widen(sd3)
+    assert Engine(sd3, "m", max_batch_size=1, batch_window_seconds=0).edit_modes == {
+        "image": None,
+        "inpaint": None,
+    }
+    # The tiny model's UNet (4 channels, latents blended) inpaints.
+    assert Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0).edit_modes["inpaint"] is None
