@@ -22,6 +22,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "default"
+# The default model draws best at guidance 4 (models/default-evaluation.json); a model named
+# by MODEL_ID keeps the runtime's own default unless DEFAULT_GUIDANCE_SCALE says otherwise.
+DEFAULT_MODEL_GUIDANCE = "4"
 FIRST_PROMPT = "a red circle on a blue background"
 FIRST_PICTURE = REPO / ".cache" / "first-picture.png"
 # The default model knows only its scene language; these show what it can draw.
@@ -208,12 +211,18 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    default_model = Path(model_id).resolve() == DEFAULT_MODEL
+    runtime_env = {"MODEL_ID": model_id, "MODEL_NAME": "model"}
+    if default_model:
+        runtime_env["DEFAULT_GUIDANCE_SCALE"] = os.environ.get(
+            "DEFAULT_GUIDANCE_SCALE", DEFAULT_MODEL_GUIDANCE
+        )
     processes: list[subprocess.Popen[bytes]] = []
     try:
         runtime = spawn(
             "runtime",
             ["-m", "diffusers_runtime", "--http_port", str(runtime_port), "--enable_grpc", "false"],
-            {"MODEL_ID": model_id, "MODEL_NAME": "model"},
+            runtime_env,
         )
         processes.append(runtime)
         server = spawn(
@@ -230,7 +239,6 @@ def main() -> int:
         processes.append(server)
         wait_ready("runtime", runtime, f"http://127.0.0.1:{runtime_port}/v1/models/model", stopping)
         wait_ready("MCP server", server, f"http://127.0.0.1:{mcp_port}/ready", stopping)
-        default_model = Path(model_id).resolve() == DEFAULT_MODEL
         print(banner(mcp_port, runtime_port, default_model), flush=True)
         print(first_picture(mcp_port), flush=True)
         while not stopping.wait(0.5):

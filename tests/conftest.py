@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from scene_model import evaluation
 from tests.support import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
 
 
@@ -31,6 +32,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One runtime process for the whole session, serving the shipped default model."""
     with start_runtime(
-        tmp_path_factory.mktemp("default-runtime"), MODEL_ID=str(DEFAULT_MODEL)
+        tmp_path_factory.mktemp("default-runtime"),
+        MODEL_ID=str(DEFAULT_MODEL),
+        DEFAULT_GUIDANCE_SCALE=str(evaluation.GUIDANCE),  # as `make run` serves it
     ) as server:
         yield server
