@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 
+import httpx
 import pytest
 
 from tests.runtime.test_streaming import events, stream
@@ -51,7 +52,15 @@ def test_sigterm_hands_back_what_cannot_finish_and_finishes_the_rest(stopping_ru
     assert stepping.wait(60)
     long = threading.Thread(target=call, args=("long", TOO_LONG))
     long.start()
-    time.sleep(0.3)  # queued behind the running one (one image per pipeline call)
+    # Signalled the moment it waits behind the running one (one image per pipeline call): the
+    # short one runs for well under a second on an idle machine, too little for a fixed sleep.
+    deadline = time.monotonic() + 30
+    while (
+        'diffusers_requests_queued{model="model"} 1.0'
+        not in httpx.get(f"{stopping_runtime.url}/metrics").text
+    ):
+        assert time.monotonic() < deadline, "the long request never queued"
+        time.sleep(0.01)
     assert not answers["long"]
     stopping_runtime.process.send_signal(signal.SIGTERM)
     terminated = time.monotonic()
