@@ -536,7 +536,6 @@ def table(results: dict) -> str:
 def scale_out_lines(figures: dict[str, dict[str, float]]) -> list[str]:
     one = figures["1"]
     lines = [
-        "",
         f"Images/s against runtime replicas ({SCALE_OUT['width']}x{SCALE_OUT['height']}/"
         f"{SCALE_OUT['num_inference_steps']}, one torch thread and one image per call each, "
         "behind a round-robin proxy; 2 clients per replica):",
