@@ -6,6 +6,7 @@ import base64
 import io
 
 import httpx
+from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
@@ -48,8 +49,6 @@ def check_streamed_generation(client, steps: dict) -> list:
     """Two 64x64 images with two partial images each, streamed through the `openai` CLIENT:
     four partial events (within a step, image order), then one completed event per image,
     each exactly of its type. Returns the completed events."""
-    from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
-
     stream = client.images.generate(
         prompt="a boat", n=2, size="64x64", stream=True, partial_images=2, extra_body=steps
     )
