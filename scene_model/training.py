@@ -269,13 +269,24 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
     }
     optimizer = torch.optim.AdamW(params, lr=plan.denoiser_lr, betas=(0.9, 0.99), weight_decay=0.01)
     step = 0
+    schedule = (plan.denoiser_steps, plan.denoiser_decay)
+    decay_from = plan.denoiser_steps - plan.denoiser_decay
     if path.exists():
         state = torch.load(path, weights_only=False)
+        step = state["step"]
+        steps, decay = state.get("schedule", schedule)
+        if (steps, decay) != schedule and step > min(decay_from, steps - decay):
+            raise ValueError(
+                f"{path} is at step {step}, after its run's rate began to fall at step "
+                f"{steps - decay}, so it cannot continue a plan of {plan.denoiser_steps} steps "
+                f"decaying over the last {plan.denoiser_decay}. Copy "
+                f"{work / f'denoiser-{steps - decay}.pt'} (kept where that decay began) over it "
+                "to continue from there."
+            )
         for name, module in modules.items():
             module.load_state_dict(state["model"][name])
         ema = state["ema"]
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
     pipe.transformer.set_attn_processor(SilentT5Attention(components.T5_TOKENS))
     for module in modules.values():
         module.train()
@@ -321,17 +332,19 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-        if step % plan.checkpoint_every == 0 or step == plan.denoiser_steps:
-            _save(
-                path,
-                {
-                    "model": {n: m.state_dict() for n, m in modules.items()},
-                    "ema": ema,
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "seconds": time.monotonic() - started,
-                },
-            )
+        if step % plan.checkpoint_every == 0 or step in (decay_from, plan.denoiser_steps):
+            state = {
+                "model": {n: m.state_dict() for n, m in modules.items()},
+                "ema": ema,
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "schedule": schedule,
+                "seconds": time.monotonic() - started,
+            }
+            _save(path, state)
+            if step == decay_from:
+                # A longer plan decays later, so it can only continue from here.
+                _save(work / f"denoiser-{step}.pt", state)
     bar.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,5 +62,23 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     expected, found = _weights(straight), _weights(resumed)
     assert expected.keys() == found.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, found[key]), key
+
+
+def test_a_longer_plan_continues_only_from_where_the_decay_began(tmp_path):
+    longer = dataclasses.replace(TINY, denoiser_steps=6)
+    straight = tmp_path / "straight"
+    training.train(straight, longer)
+
+    extended = tmp_path / "extended"
+    training.train(extended, TINY)
+    # Its rate already fell over steps 2-4: continuing would not be the longer plan's run.
+    with pytest.raises(ValueError, match=r"denoiser-2\.pt"):
+        training.train(extended, longer)
+    shutil.copy(extended / "denoiser-2.pt", extended / "denoiser.pt")
+    training.train(extended, longer)
+
+    expected, found = _weights(straight), _weights(extended)
     for key, value in expected.items():
         assert torch.equal(value, found[key]), key
