@@ -176,8 +176,10 @@ def autoencoder() -> AutoencoderKL:
 
 
 def scheduler() -> FlowMatchEulerDiscreteScheduler:
-    # No timestep shift: SD3's shift of 3 is for 1024px pictures, ours have 16x16 latents.
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    # SD3's own shift of 3: more of the 20 steps at high noise, where the layout is decided.
+    # Measured on held-out prompts, shift 3 draws kinds 1.2 points better than shift 1 and as
+    # well as 6; 0.5 is worse in every attribute (README).
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
 
 
 def pipeline(

@@ -56,3 +56,11 @@ def test_the_shipped_tokenizers_know_the_scene_words(default_pipeline):
         ids = tokenizer("a small yellow star in the top left corner").input_ids
         assert len(ids) == 11  # nine words, start and end
         assert tokenizer.unk_token_id not in ids
+
+
+def test_the_shipped_scheduler_is_the_one_the_export_writes(default_pipeline):
+    def settings(scheduler) -> dict:
+        return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+
+    assert type(default_pipeline.scheduler) is type(components.scheduler())
+    assert settings(default_pipeline.scheduler) == settings(components.scheduler())
