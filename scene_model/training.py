@@ -270,13 +270,15 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
         state = torch.load(path, weights_only=False)
         step = state["step"]
         steps, decay = state.get("schedule", schedule)
-        if (steps, decay) != schedule and step > min(decay_from, steps - decay):
+        agreed = min(decay_from, steps - decay)  # the last step both schedules give one rate
+        if (steps, decay) != schedule and step > agreed:
+            kept = work / f"denoiser-{agreed}.pt"
             raise ValueError(
-                f"{path} is at step {step}, after its run's rate began to fall at step "
-                f"{steps - decay}, so it cannot continue a plan of {plan.denoiser_steps} steps "
-                f"decaying over the last {plan.denoiser_decay}. Copy "
-                f"{work / f'denoiser-{steps - decay}.pt'} (kept where that decay began) over it "
-                "to continue from there."
+                f"{path} is at step {step} of a run of {steps} steps decaying over the last "
+                f"{decay}; this plan ({plan.denoiser_steps} steps, decaying over the last "
+                f"{plan.denoiser_decay}) sets other rates after step {agreed}. Continue from "
+                f"a checkpoint taken at or before step {agreed}"
+                + (f": copy {kept} over it." if agreed == steps - decay else ".")
             )
         for name, module in modules.items():
             module.load_state_dict(state["model"][name])
