@@ -1,4 +1,5 @@
-"""Training stops and resumes at any checkpoint exactly as if it had never stopped."""
+"""Training stops and resumes at any checkpoint exactly as if it had never stopped; the decay
+weights the latents where the shape lies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scene_model import training
+from scene_model import scenes, training
 
 TINY = training.Plan(
     autoencoder=training.Reconstruction("autoencoder", 4, 2, 32, 1e-3),
@@ -82,3 +83,14 @@ def test_a_longer_plan_continues_only_from_where_the_decay_began(tmp_path):
     expected, found = _weights(straight), _weights(extended)
     for key, value in expected.items():
         assert torch.equal(value, found[key]), key
+
+
+def test_the_shape_mask_covers_the_shapes_latents_and_one_pixel_around_them():
+    # A small square in the centre of 128 px spans pixels 49-79: latents 6-9 of 16, 8 px each.
+    square = scenes.Scene("square", "red", "blue", "center", "small")
+    mask = training.shape_masks([square], 128)[0, 0]
+    expected = torch.zeros(16, 16)
+    expected[5:11, 5:11] = 1
+    assert torch.equal(mask, expected)
+    # At 64 px the same square covers 2x2 of 8x8 latents; with its rim, 4x4.
+    assert training.shape_masks([square], 64)[0, 0].sum() == 16
