@@ -74,6 +74,15 @@ def to_tensor(images: list) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def shape_pixels(
+    images: torch.Tensor, drawn: list[scenes.Scene], threshold: float = 0.0
+) -> torch.Tensor:
+    """1 where a picture of `drawn` differs from its scene's background by more than THRESHOLD
+    (summed over channels, in the -1..1 scale of `to_tensor`), else 0."""
+    background = to_tensor([[[scenes.COLOURS[s.background]]] for s in drawn])
+    return ((images - background).abs().sum(1, keepdim=True) > threshold).float()
+
+
 def _save(path: Path, state: dict) -> None:
     # Written aside and renamed: a run stopped mid-write keeps its previous checkpoint.
     partial = path.with_suffix(".partial")
@@ -106,8 +115,7 @@ def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, par
         loss = F.l1_loss(decoded, images) + F.mse_loss(decoded, images)
         loss = loss + 1e-6 * posterior.kl().mean()
         if stage.shape_weight:
-            background = to_tensor([[[scenes.COLOURS[s.background]]] for s in drawn])
-            shape = ((images - background).abs().sum(1, keepdim=True) > 0.05).float()
+            shape = shape_pixels(images, drawn, threshold=0.05)
             error = (decoded - images).abs() + (decoded - images) ** 2
             loss = loss + stage.shape_weight * (error * shape).sum() / (3 * shape.sum() + 1)
         for group in optimizer.param_groups:
@@ -162,11 +170,7 @@ def shape_masks(drawn: list[scenes.Scene], size: int) -> torch.Tensor:
     """Where each scene's shape lies in its latents, grown by one latent pixel: the autoencoder
     spreads an edge into its neighbours."""
     side = size // components.VAE_SCALE
-    masks = []
-    for scene in drawn:
-        pixels = np.asarray(scenes.render(scene, side), dtype=np.int16)
-        masks.append(np.abs(pixels - scenes.COLOURS[scene.background]).sum(-1) > 0)
-    covered = torch.from_numpy(np.stack(masks)).float().unsqueeze(1)
+    covered = shape_pixels(to_tensor([scenes.render(scene, side) for scene in drawn]), drawn)
     return F.max_pool2d(covered, 3, stride=1, padding=1)
 
 
