@@ -131,6 +131,24 @@ def unsupported_channels(variant: DiffusionPipeline) -> str | None:
     )
 
 
+def buildable_schedulers(scheduler: Any) -> dict[str, Any]:
+    """The pipeline's scheduler and each compatible one its config builds, by class name.
+
+    Diffusers lists some that cannot be built here: placeholders for schedulers whose optional
+    dependency is missing (LMS needs scipy, DPMSolverSDE torchsde), and ones the config's own
+    values break (EDMEuler takes a saved `sigma_min: null` for a number). Offering them would
+    turn a valid request into a failed call."""
+    found = {type(scheduler).__name__: type(scheduler)}
+    for cls in scheduler.compatibles:
+        try:
+            cls.from_config(scheduler.config)
+        except Exception as exc:  # whatever the class raises, it cannot serve this pipeline
+            log.debug("not offering %s: %s: %s", cls.__name__, type(exc).__name__, exc)
+            continue
+        found[cls.__name__] = cls
+    return found
+
+
 class Engine:
     def __init__(
         self,
@@ -143,8 +161,7 @@ class Engine:
         self._model = model_name
         self._max_batch = max_batch_size
         self._window = batch_window_seconds
-        self._schedulers = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
-        self._schedulers[type(pipe.scheduler).__name__] = type(pipe.scheduler)
+        self._schedulers = buildable_schedulers(pipe.scheduler)
         self._pipes: dict[tuple[str, str | None], DiffusionPipeline] = {}
         self.edit_modes: dict[str, str | None] = {}
         for mode, auto in (
@@ -332,7 +349,8 @@ class Engine:
                 job.future.set_exception(failure)
 
     def _pipe_for(self, mode: str, scheduler: str | None) -> DiffusionPipeline:
-        if (mode, scheduler) not in self._pipes:
+        # The default scheduler's pipes are built at start; another's on its first request.
+        if scheduler is not None and (mode, scheduler) not in self._pipes:
             base = self._pipes[(mode, None)]
             cls = self._schedulers[scheduler]
             variant = type(base).from_pipe(base, scheduler=cls.from_config(base.scheduler.config))
