@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -141,7 +142,11 @@ def buildable_schedulers(scheduler: Any) -> dict[str, Any]:
     found = {type(scheduler).__name__: type(scheduler)}
     for cls in scheduler.compatibles:
         try:
-            cls.from_config(scheduler.config)
+            # Some (KDPM2) warn thousands of times about numpy deprecations while building:
+            # the library's to fix, and not what this probe is for.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cls.from_config(scheduler.config)
         except Exception as exc:  # whatever the class raises, it cannot serve this pipeline
             log.debug("not offering %s: %s: %s", cls.__name__, type(exc).__name__, exc)
             continue

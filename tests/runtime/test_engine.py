@@ -196,6 +196,7 @@ def test_an_sd3_model_whose_transformer_inpainting_cannot_run_is_not_offered_inp
     assert Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0).edit_modes["inpaint"] is None
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # KDPM2's numpy chatter
 def test_every_scheduler_offered_can_be_built(pipe):
     engine = Engine(pipe, "m", max_batch_size=1, batch_window_seconds=0)
     names = engine.scheduler_names
