@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as transformers_logging
 
-from . import evaluation, training
+# Before the imports below: importing diffusers' pipelines makes transformers warn that
+# torchvision is missing, for image processors this model never uses; not for a user to act on.
+# Loading the tiny pipeline takes a fraction of a second: its progress bars would only clutter
+# the stages' own.
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
+
+from . import evaluation, training  # noqa: E402
 
 WORK = Path(".cache/scene-model")
 MODEL = Path("models/default")
@@ -19,7 +27,9 @@ SAMPLES = Path("docs/samples.png")
 
 def _load(model: Path):
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()
     return DiffusionPipeline.from_pretrained(model)
 
 
