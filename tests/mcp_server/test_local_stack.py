@@ -52,14 +52,17 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
         assert f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations" in output
         assert httpx.get(f"http://127.0.0.1:{mcp_port}/ready", timeout=10).status_code == 200
         # The first picture is the one announced, saved where it says, and served at its URL.
-        assert 'First picture, "a red circle on a blue background"' in output
+        assert 'First picture, "a red circle in the center on a blue background"' in output
         path = output.split("  file: ", 1)[1].split("\n", 1)[0]
         url = output.split("  url:  ", 1)[1].split("\n", 1)[0]
         picture = Image.open(path)
         reading = analysis.read(picture)
-        # The shipped model's shape colours are right about half the time (README): the
-        # background and that a shape is there are what it gets right here.
-        assert reading.background == "blue" and reading.shape is not None
+        assert (reading.background, reading.colour, reading.shape, reading.position) == (
+            "blue",
+            "red",
+            "circle",
+            "center",
+        )
         assert httpx.get(url, timeout=10).content == Path(path).read_bytes()
 
         stack.send_signal(signal.SIGINT)
