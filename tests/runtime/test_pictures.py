@@ -91,14 +91,19 @@ def test_other_sizes_still_draw_the_scene(default_runtime):
         image = decode(
             generate(
                 default_runtime.url,
-                prompt="a large red square on a white background",
+                prompt="a large red square in the center on a white background",
                 width=side,
                 height=side,
             )["image"]
         )
         reading = analysis.read(image)
         assert image.size == (side, side)
-        assert (reading.background, reading.size) == ("white", "large")
+        assert (reading.background, reading.colour, reading.size, reading.position) == (
+            "white",
+            "red",
+            "large",
+            "center",
+        )
 
 
 def test_seeds_place_the_shape_where_the_prompt_leaves_it_free(default_runtime):
