@@ -22,6 +22,9 @@ from . import analysis, components, scenes
 TARGETS = {"colour": 0.95, "background": 0.95, "shape": 0.85, "position": 0.85, "size": 0.90}
 SECONDS_TARGET = 1.5
 EVAL_SEED = 7
+# Also measured, not held to the targets: the first of the prompts again without their place,
+# as people often ask. The model then chooses one, and draws the asked kind far less often.
+FREE_PLACE_PROMPTS = 100
 # What the default model is served with (DEFAULT_GUIDANCE_SCALE in `make run` and the embedded
 # overlay), so what a user gets unless they ask: it draws better at 4 than at the runtime's 7.
 GUIDANCE = 4.0
@@ -37,6 +40,9 @@ class Report:
     seconds_per_image_one_thread: float
     deterministic: bool
     misses: list[dict] = field(default_factory=list)
+    # Accuracy on the first prompts asked without their place (FREE_PLACE_PROMPTS).
+    free_place_prompts: int = 0
+    free_place_accuracy: dict[str, float] = field(default_factory=dict)
 
     def passed(self) -> dict[str, bool]:
         checks = {name: self.accuracy[name] >= target for name, target in TARGETS.items()}
@@ -49,16 +55,21 @@ class Report:
             f"{self.prompts} held-out prompts, {self.size}x{self.size}, {self.steps} steps, "
             f"guidance {self.guidance_scale}:",
             "",
-            "| attribute | right | target |",
-            "| --- | --- | --- |",
+            f"| attribute | right | place left free ({self.free_place_prompts} prompts) | target |",
+            "| --- | --- | --- | --- |",
         ]
         for name, target in TARGETS.items():
-            lines.append(f"| {name} | {self.accuracy[name]:.1%} | >= {target:.0%} |")
+            free = self.free_place_accuracy.get(name)
+            lines.append(
+                f"| {name} | {self.accuracy[name]:.1%} | "
+                + ("-" if free is None else f"{free:.1%}")
+                + f" | >= {target:.0%} |"
+            )
         lines.append(
-            f"| one image, one thread | {self.seconds_per_image_one_thread:.2f} s "
+            f"| one image, one thread | {self.seconds_per_image_one_thread:.2f} s | "
             f"| <= {SECONDS_TARGET} s |"
         )
-        lines.append(f"| same seed, same bytes | {'yes' if self.deterministic else 'NO'} | yes |")
+        lines.append(f"| same seed, same bytes | {'yes' if self.deterministic else 'NO'} | | yes |")
         return "\n".join(lines)
 
 
@@ -112,24 +123,10 @@ def evaluate(
 ) -> Report:
     pipe.set_progress_bar_config(disable=True)
     chosen = evaluation_scenes(count)
-    right = dict.fromkeys(analysis.ATTRIBUTES, 0)
-    misses = []
-    batch = 10
-    for start in range(0, len(chosen), batch):
-        group = chosen[start : start + batch]
-        prompts = [scenes.full_caption(s) for s in group]
-        seeds = list(range(start, start + len(group)))
-        for scene, prompt, image in zip(
-            group,
-            prompts,
-            generate(pipe, prompts, seeds, size, steps, guidance_scale),
-            strict=True,
-        ):
-            found = analysis.read(image).matches(scene)
-            for name, ok in found.items():
-                right[name] += ok
-            if not all(found.values()):
-                misses.append({"prompt": prompt, "wrong": [n for n, ok in found.items() if not ok]})
+    right, misses = _score(pipe, chosen, True, size, steps, guidance_scale)
+    free = chosen[:FREE_PLACE_PROMPTS]
+    free_right, _ = _score(pipe, free, False, size, steps, guidance_scale)
+    del free_right["position"]  # the prompt leaves it to the model
     first = generate(
         pipe, ["a small green star at the top right on a black background"], [3], size, steps
     )
@@ -145,7 +142,34 @@ def evaluate(
         seconds_per_image_one_thread=seconds_per_image(pipe, size, steps),
         deterministic=first[0].tobytes() == again[0].tobytes(),
         misses=misses,
+        free_place_prompts=len(free),
+        free_place_accuracy={name: n / len(free) for name, n in free_right.items()},
     )
+
+
+def _score(
+    pipe, chosen: list[scenes.Scene], place: bool, size: int, steps: int, guidance_scale: float
+) -> tuple[dict[str, int], list[dict]]:
+    """How many pictures get each attribute right, and the prompts of those that miss any."""
+    right = dict.fromkeys(analysis.ATTRIBUTES, 0)
+    misses = []
+    batch = 10
+    for start in range(0, len(chosen), batch):
+        group = chosen[start : start + batch]
+        prompts = [scenes.full_caption(s, place) for s in group]
+        seeds = list(range(start, start + len(group)))
+        for scene, prompt, image in zip(
+            group,
+            prompts,
+            generate(pipe, prompts, seeds, size, steps, guidance_scale),
+            strict=True,
+        ):
+            found = analysis.read(image).matches(scene)
+            for name, ok in found.items():
+                right[name] += ok
+            if not all(found.values()):
+                misses.append({"prompt": prompt, "wrong": [n for n, ok in found.items() if not ok]})
+    return right, misses
 
 
 SAMPLE_PROMPTS = (

@@ -220,12 +220,11 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return " ".join(p for p in parts if p)
 
 
-def full_caption(scene: Scene) -> str:
-    """The plain, complete description: the phrasing the evaluation and examples use."""
-    return (
-        f"a {scene.size} {scene.colour} {scene.shape} "
-        f"{POSITION_PHRASES[scene.position][0]} on a {scene.background} background"
-    )
+def full_caption(scene: Scene, place: bool = True) -> str:
+    """The plain, complete description: the phrasing the evaluation and examples use; without
+    PLACE, the same with the shape's position left to the model."""
+    where = f"{POSITION_PHRASES[scene.position][0]} " if place else ""
+    return f"a {scene.size} {scene.colour} {scene.shape} {where}on a {scene.background} background"
 
 
 def vocabulary() -> list[str]:

@@ -23,6 +23,14 @@ def test_captions_use_only_vocabulary_words_and_every_attribute_is_optional():
     assert all(count > 100 for count in left_out.values()), left_out
 
 
+def test_the_plain_caption_names_every_attribute_or_leaves_the_place_free():
+    scene = scenes.Scene("star", "red", "blue", "top left", "small")
+    assert scenes.full_caption(scene) == (
+        "a small red star in the top left corner on a blue background"
+    )
+    assert scenes.full_caption(scene, place=False) == "a small red star on a blue background"
+
+
 def test_every_vocabulary_word_is_one_clip_token_and_unknown_words_do_not_end_the_prompt():
     tokenizer = components.clip_tokenizer()
     for word in scenes.vocabulary():
