@@ -12,7 +12,7 @@ from transformers.utils import logging as transformers_logging
 
 # Before the imports below: importing diffusers' pipelines makes transformers warn that
 # torchvision is missing, for image processors this model never uses; not for a user to act on.
-# Loading the tiny pipeline takes a fraction of a second: its progress bars would only clutter
+# Loading the default model takes a fraction of a second: its progress bars would only clutter
 # the stages' own.
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
