@@ -123,10 +123,10 @@ def evaluate(
 ) -> Report:
     pipe.set_progress_bar_config(disable=True)
     chosen = evaluation_scenes(count)
-    right, misses = _score(pipe, chosen, True, size, steps, guidance_scale)
+    accuracy, misses = _score(pipe, chosen, size, steps, guidance_scale, place=True)
     free = chosen[:FREE_PLACE_PROMPTS]
-    free_right, _ = _score(pipe, free, False, size, steps, guidance_scale)
-    del free_right["position"]  # the prompt leaves it to the model
+    free_accuracy, _ = _score(pipe, free, size, steps, guidance_scale, place=False)
+    del free_accuracy["position"]  # the prompt leaves it to the model
     first = generate(
         pipe, ["a small green star at the top right on a black background"], [3], size, steps
     )
@@ -138,19 +138,20 @@ def evaluate(
         size=size,
         steps=steps,
         guidance_scale=guidance_scale,
-        accuracy={name: n / len(chosen) for name, n in right.items()},
+        accuracy=accuracy,
         seconds_per_image_one_thread=seconds_per_image(pipe, size, steps),
         deterministic=first[0].tobytes() == again[0].tobytes(),
         misses=misses,
         free_place_prompts=len(free),
-        free_place_accuracy={name: n / len(free) for name, n in free_right.items()},
+        free_place_accuracy=free_accuracy,
     )
 
 
 def _score(
-    pipe, chosen: list[scenes.Scene], place: bool, size: int, steps: int, guidance_scale: float
-) -> tuple[dict[str, int], list[dict]]:
-    """How many pictures get each attribute right, and the prompts of those that miss any."""
+    pipe, chosen: list[scenes.Scene], size: int, steps: int, guidance_scale: float, place: bool
+) -> tuple[dict[str, float], list[dict]]:
+    """The fraction of pictures that get each attribute right, and the prompts of those that
+    miss any."""
     right = dict.fromkeys(analysis.ATTRIBUTES, 0)
     misses = []
     batch = 10
@@ -169,7 +170,7 @@ def _score(
                 right[name] += ok
             if not all(found.values()):
                 misses.append({"prompt": prompt, "wrong": [n for n, ok in found.items() if not ok]})
-    return right, misses
+    return {name: n / len(chosen) for name, n in right.items()}, misses
 
 
 SAMPLE_PROMPTS = (
