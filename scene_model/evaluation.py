@@ -127,12 +127,8 @@ def evaluate(
     free = chosen[:FREE_PLACE_PROMPTS]
     free_accuracy, _ = _score(pipe, free, size, steps, guidance_scale, place=False)
     del free_accuracy["position"]  # the prompt leaves it to the model
-    first = generate(
-        pipe, ["a small green star at the top right on a black background"], [3], size, steps
-    )
-    again = generate(
-        pipe, ["a small green star at the top right on a black background"], [3], size, steps
-    )
+    probe = ["a small green star at the top right on a black background"]
+    first, again = (generate(pipe, probe, [3], size, steps) for _ in range(2))
     return Report(
         prompts=len(chosen),
         size=size,
