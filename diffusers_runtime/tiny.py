@@ -102,6 +102,9 @@ def build_pipeline() -> StableDiffusionPipeline:
         num_train_timesteps=1000,
         steps_offset=1,
     )
+    # Real SD 1.x scheduler configs say it: DDIM swapped in from this config would otherwise
+    # clip its samples, and the pipeline warns about that on every such request.
+    scheduler.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
