@@ -11,7 +11,7 @@ import math
 import random
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,13 @@ def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, par
     step = 0
     if path.exists():
         state = torch.load(path, weights_only=False)
+        if state.get("stage") != asdict(stage):
+            # Resuming would finish another recipe's weights and silently ship them.
+            raise ValueError(
+                f"{path} was trained by {state.get('stage', 'an unrecorded recipe')}, not this "
+                f"plan's {asdict(stage)}: to train it again, delete it and the later stages' "
+                f"checkpoints in {path.parent}, or train into another --work folder."
+            )
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -130,7 +137,12 @@ def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, par
         if step % plan.checkpoint_every == 0 or step == stage.steps:
             _save(
                 path,
-                {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "stage": asdict(stage),
+                },
             )
     bar.close()
 

@@ -1,5 +1,5 @@
-"""Training stops and resumes at any checkpoint exactly as if it had never stopped; the decay
-weights the latents where the shape lies."""
+"""Training stops and resumes at any checkpoint exactly as if it had never stopped, and never
+resumes another recipe's; the decay weights the latents where the shape lies."""
 
 from __future__ import annotations
 
@@ -94,3 +94,10 @@ def test_the_shape_mask_covers_the_shapes_latents_and_one_pixel_around_them():
     assert torch.equal(mask, expected)
     # At 64 px the same square covers 2x2 of 8x8 latents; with its rim, 4x4.
     assert training.shape_masks([square], 64)[0, 0].sum() == 16
+
+
+def test_a_changed_reconstruction_recipe_refuses_the_old_checkpoint(tmp_path):
+    training.train(tmp_path, TINY)
+    weighted = training.Reconstruction("autoencoder", 4, 2, 32, 1e-3, shape_weight=1.0)
+    with pytest.raises(ValueError, match=r"autoencoder\.pt was trained by .*shape_weight': 0\.0"):
+        training.train(tmp_path, dataclasses.replace(TINY, autoencoder=weighted))
