@@ -103,7 +103,7 @@ def build_pipeline() -> StableDiffusionPipeline:
         steps_offset=1,
     )
     # Real SD 1.x scheduler configs say it: DDIM swapped in from this config would otherwise
-    # clip its samples, and the pipeline warns about that on every such request.
+    # default to clipping, which the pipeline undoes with a FutureWarning on every such request.
     scheduler.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         vae=vae,
