@@ -97,15 +97,16 @@ def _save(path: Path, state: dict) -> None:
 def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, params) -> None:
     """Teach `params` of the autoencoder to give back the scenes it is shown."""
     path = work / f"{stage.name}.pt"
+    recipe = asdict(stage)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
     step = 0
     if path.exists():
         state = torch.load(path, weights_only=False)
-        if state.get("stage") != asdict(stage):
+        if state.get("stage") != recipe:
             # Resuming would finish another recipe's weights and silently ship them.
             raise ValueError(
                 f"{path} was trained by {state.get('stage', 'an unrecorded recipe')}, not this "
-                f"plan's {asdict(stage)}: to train it again, delete it and the later stages' "
+                f"plan's {recipe}: to train it again, delete it and the later stages' "
                 f"checkpoints in {path.parent}, or train into another --work folder."
             )
         vae.load_state_dict(state["model"])
@@ -141,7 +142,7 @@ def train_reconstruction(work: Path, vae, stage: Reconstruction, plan: Plan, par
                     "model": vae.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "step": step,
-                    "stage": asdict(stage),
+                    "stage": recipe,
                 },
             )
     bar.close()
