@@ -198,6 +198,11 @@ def _object_phrase(scene: Scene, rng: random.Random, keep: dict[str, bool]) -> s
 
 def caption(scene: Scene, rng: random.Random) -> str:
     """One of many descriptions of the scene; any attribute may be left unsaid."""
+    return described(scene, rng)[0]
+
+
+def described(scene: Scene, rng: random.Random) -> tuple[str, frozenset[str]]:
+    """A caption of the scene and the attributes (`Scene` field names) it names."""
     keep = {
         "size": rng.random() < 0.8,
         "colour": rng.random() < 0.85,
@@ -207,9 +212,10 @@ def caption(scene: Scene, rng: random.Random) -> str:
     }
     subject = _object_phrase(scene, rng, keep)
     where = rng.choice(POSITION_PHRASES[scene.position]) if keep["position"] else ""
+    named = frozenset(name for name, kept in keep.items() if kept)
     if not keep["background"]:
         parts = [subject, where] if rng.random() < 0.7 else [where, subject]
-        return " ".join(p for p in parts if p).replace(" ,", ",")
+        return " ".join(p for p in parts if p).replace(" ,", ","), named
     layout = rng.randrange(3)
     if layout == 0:
         parts = [subject, where, rng.choice(BACKGROUND_PHRASES).format(scene.background)]
@@ -217,7 +223,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
         parts = [rng.choice(BACKGROUND_LEADS).format(scene.background), subject, where]
     else:
         parts = [subject, rng.choice(BACKGROUND_PHRASES).format(scene.background), where]
-    return " ".join(p for p in parts if p)
+    return " ".join(p for p in parts if p), named
 
 
 def full_caption(scene: Scene, place: bool = True) -> str:

@@ -23,6 +23,23 @@ def test_captions_use_only_vocabulary_words_and_every_attribute_is_optional():
     assert all(count > 100 for count in left_out.values()), left_out
 
 
+def test_a_caption_says_which_attributes_it_names():
+    rng = random.Random(2)
+    for _ in range(500):
+        scene = scenes.random_scene(rng)
+        text, named = scenes.described(scene, rng)
+        words = text.replace(",", " , ").split()
+        # The two colours always differ, so each colour word tells which attribute is named.
+        said = {
+            "colour": scene.colour in words,
+            "background": scene.background in words,
+            "shape": "shape" not in words,
+            "size": any(word in words for word in scenes.SIZE_WORDS[scene.size]),
+            "position": any(phrase in text for phrase in scenes.POSITION_PHRASES[scene.position]),
+        }
+        assert named == {name for name, yes in said.items() if yes}, text
+
+
 def test_the_plain_caption_names_every_attribute_or_leaves_the_place_free():
     scene = scenes.Scene("star", "red", "blue", "top left", "small")
     assert scenes.full_caption(scene) == (

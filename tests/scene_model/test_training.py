@@ -1,16 +1,18 @@
 """Training stops and resumes at any checkpoint exactly as if it had never stopped, and never
-resumes another recipe's; the decay weights the latents where the shape lies."""
+resumes another recipe's; the decay weights the latents where the shape lies; balancing the
+channels changes no picture; the caption heads read what a caption names."""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from scene_model import scenes, training
+from scene_model import components, scenes, training
 
 TINY = training.Plan(
     autoencoder=training.Reconstruction("autoencoder", 4, 2, 32, 1e-3),
@@ -38,9 +40,15 @@ def _weights(work: Path) -> dict[str, torch.Tensor]:
     return found
 
 
-def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+# Without the parts of the recipe that only training sees: channels as the autoencoder left
+# them, no caption heads.
+PLAIN = dataclasses.replace(TINY, balanced_channels=False, caption_heads=0.0)
+
+
+@pytest.mark.parametrize("plan", [TINY, PLAIN], ids=["recipe", "plain"])
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, plan):
     straight = tmp_path / "straight"
-    training.train(straight, TINY)
+    training.train(straight, plan)
 
     save = training._save
     saves = {"left": 0}
@@ -57,9 +65,9 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     for stop_after in (1, 3):
         saves["left"] = stop_after
         with pytest.raises(Stopped):
-            training.train(resumed, TINY)
+            training.train(resumed, plan)
     saves["left"] = -1
-    training.train(resumed, TINY)
+    training.train(resumed, plan)
 
     expected, found = _weights(straight), _weights(resumed)
     assert expected.keys() == found.keys()
@@ -96,8 +104,37 @@ def test_the_shape_mask_covers_the_shapes_latents_and_one_pixel_around_them():
     assert training.shape_masks([square], 64)[0, 0].sum() == 16
 
 
-def test_a_changed_reconstruction_recipe_refuses_the_old_checkpoint(tmp_path):
+def test_a_changed_recipe_refuses_the_old_checkpoints(tmp_path):
     training.train(tmp_path, TINY)
     weighted = training.Reconstruction("autoencoder", 4, 2, 32, 1e-3, shape_weight=1.0)
     with pytest.raises(ValueError, match=r"autoencoder\.pt was trained by .*shape_weight': 0\.0"):
         training.train(tmp_path, dataclasses.replace(TINY, autoencoder=weighted))
+    with pytest.raises(ValueError, match=r"denoiser\.pt was trained with caption heads"):
+        training.train(tmp_path, dataclasses.replace(TINY, caption_heads=0.0))
+
+
+def test_balanced_channels_spread_alike_and_decode_the_same_pictures():
+    torch.manual_seed(0)
+    vae = components.autoencoder().eval().requires_grad_(False)
+    rng = random.Random(0)
+    pictures = training.to_tensor([scenes.render(scenes.random_scene(rng), 64) for _ in range(4)])
+    before = vae.decode(vae.encode(pictures).latent_dist.mean).sample
+    training.balance_channels(vae, TINY)
+    posterior = vae.encode(pictures).latent_dist
+    assert torch.allclose(vae.decode(posterior.mean).sample, before, atol=1e-4)
+    spreads = training._statistics_latents(vae, TINY).std(dim=(0, 2, 3))
+    assert torch.allclose(spreads, torch.ones_like(spreads), atol=1e-4)
+
+
+def test_the_caption_heads_read_what_a_caption_names_and_nothing_else():
+    heads = training.CaptionHeads(4)
+    scene = scenes.Scene("ring", "red", "blue", "top", "large")
+    named = frozenset({"shape", "colour"})
+    # Every head's weights are zero: its bias alone answers. Raised on the named value (or on
+    # "not named", last), a caption naming just the shape and its colour costs almost nothing.
+    for name, head in heads.heads.items():
+        values = training.FACTS[name]
+        head.bias.data[values.index(getattr(scene, name)) if name in named else len(values)] = 20
+    pooled = torch.zeros(1, 4)
+    assert heads.loss(pooled, [(scene, named)]) < 1e-6
+    assert heads.loss(pooled, [(scene, frozenset({"shape"}))]) > 10
