@@ -389,7 +389,8 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
     path = work / "denoiser.pt"
     modules = _trained_modules(pipe)
     heads = CaptionHeads(pipe.transformer.config.pooled_projection_dim)
-    trained = [*modules.values(), heads] if plan.caption_heads else modules.values()
+    heads_trained = plan.caption_heads > 0
+    trained = [*modules.values(), heads] if heads_trained else modules.values()
     params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=plan.denoiser_lr, betas=(0.9, 0.99), weight_decay=0.01)
     step = 0
@@ -409,11 +410,11 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
                 f"a checkpoint taken at or before step {agreed}"
                 + (f": copy {kept} over it." if agreed == steps - decay else ".")
             )
-        if ("heads" in state) != (plan.caption_heads > 0):
+        had, wants = ("with" if yes else "without" for yes in ("heads" in state, heads_trained))
+        if had != wants:
             raise ValueError(
-                f"{path} was trained {'with' if 'heads' in state else 'without'} caption heads, "
-                f"this plan trains {'with' if plan.caption_heads > 0 else 'without'}: delete "
-                "it (and its denoiser-*.pt) to train the denoiser afresh."
+                f"{path} was trained {had} caption heads, this plan trains {wants}: delete it "
+                "(and its denoiser-*.pt) to train the denoiser afresh."
             )
         for name, module in modules.items():
             module.load_state_dict(state["model"][name])
@@ -451,7 +452,7 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
             loss = (error * weight).sum() / (weight.sum() * error.shape[1])
         else:
             loss = error.mean()
-        if plan.caption_heads:
+        if heads_trained:
             facts = [(pool.scenes[i], named) for i, (_, named) in zip(picks, told, strict=True)]
             loss = loss + plan.caption_heads * heads.loss(pooled, facts)
         for group in optimizer.param_groups:
@@ -469,7 +470,7 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
         if step % plan.checkpoint_every == 0 or step in (decay_from, plan.denoiser_steps):
             state = {
                 "model": {n: m.state_dict() for n, m in modules.items()},
-                **({"heads": heads.state_dict()} if plan.caption_heads else {}),
+                **({"heads": heads.state_dict()} if heads_trained else {}),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "schedule": schedule,
@@ -525,7 +526,8 @@ def export(work: Path, out: Path, plan: Plan) -> int:
     The folder carries the latents in 16 channels, which SD3 inpainting needs (see `channels`).
     """
     vae = load_autoencoder(work, "decoder" if (work / "decoder.pt").exists() else "autoencoder")
-    # The statistics are the encoder's, which the decoder stage leaves exactly as it was.
+    # The balance and the statistics are the encoder's, which the decoder stage leaves exactly
+    # as it was.
     fix_latent_space(vae, plan)
     pipe, step = trained_pipeline(work, vae)
     channels.widen(pipe)
