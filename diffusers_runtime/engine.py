@@ -35,6 +35,7 @@ from .errors import (
     RuntimeFailure,
 )
 from .request import Generation
+from .speed import Speeds
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ class Engine:
         self._max_batch = max_batch_size
         self._window = batch_window_seconds
         self._schedulers = buildable_schedulers(pipe.scheduler)
+        # Every variant below shares this pipeline's denoiser, and so its tiers.
+        self.speeds = Speeds.for_pipeline(pipe)
         self._pipes: dict[tuple[str, str | None], DiffusionPipeline] = {}
         self.edit_modes: dict[str, str | None] = {}
         for mode, auto in (
@@ -421,7 +424,7 @@ class Engine:
             kwargs["mask_image"] = masks
         # Only what this pipeline takes: img2img pipelines, for one, have no width/height.
         accepted = inspect.signature(pipe.__call__).parameters
-        with torch.inference_mode():
+        with torch.inference_mode(), self.speeds.applied(pipe, first.speed):
             images: list[Image.Image] = pipe(
                 **{k: v for k, v in kwargs.items() if k in accepted}
             ).images

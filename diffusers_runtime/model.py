@@ -54,6 +54,7 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
         max_input_pixels=settings.max_input_pixels,
         edit_modes=engine.edit_modes,
         quality_steps=settings.quality_steps(),
+        default_speed=settings.default_speed,
     )
 
 
@@ -86,7 +87,7 @@ class DiffusersModel(kserve.Model):
         return self.loaded, self.engine, self.limits
 
     def capabilities(self) -> dict[str, Any]:
-        loaded, _, limits = self._serving()
+        loaded, engine, limits = self._serving()
         return {
             "model_name": self.name,
             "pipeline": type(loaded.pipe).__name__,
@@ -104,6 +105,8 @@ class DiffusersModel(kserve.Model):
             "schedulers": list(limits.schedulers),
             "output_formats": list(PIL_FORMATS),
             "quality_steps": limits.quality_steps,
+            "speeds": engine.speeds.describe(),
+            "default_speed": limits.default_speed,
             "max_batch_size": self.settings.max_batch_size,
             "edit_modes": {
                 mode: {"supported": reason is None, "reason": reason}
@@ -143,10 +146,10 @@ class DiffusersModel(kserve.Model):
         metrics.IMAGES.labels(self.name).inc(len(images))
         metrics.GENERATION_SECONDS.labels(self.name).observe(done - started)
         log.info(
-            "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (batch of %d): %s",
+            "generated %d image(s) %dx%d, %d steps, %s, seed %d in %.0f ms (batch of %d): %s",
             len(images), generation.width, generation.height,
-            generation.num_inference_steps, generation.seed, (done - started) * 1000,
-            result.batch_size, _quoted(generation.prompt),
+            generation.num_inference_steps, generation.speed, generation.seed,
+            (done - started) * 1000, result.batch_size, _quoted(generation.prompt),
         )  # fmt: skip
         return {
             "model_name": self.name,
@@ -164,6 +167,7 @@ class DiffusersModel(kserve.Model):
             "output_format": generation.output_format,
             "output_compression": generation.output_compression,
             "quality": generation.quality,
+            "speed": generation.speed,
             "background": BACKGROUND,
             "mode": generation.mode,
             **self._edit_fields(generation),

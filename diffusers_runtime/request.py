@@ -31,6 +31,9 @@ MAX_PARTIAL_IMAGES = 3
 # No pipeline served here draws an alpha channel: every image is opaque (transparent is refused).
 BACKGROUND = "opaque"
 MAX_SEED = 2**32 - 1
+# How much of the exact computation a request trades for time (speed.py says what each runs);
+# OpenAI's `quality` keeps its meaning, the number of steps.
+Speed = Literal["exact", "balanced", "fast"]
 
 
 class GenerationRequest(BaseModel):
@@ -57,6 +60,7 @@ class GenerationRequest(BaseModel):
     image: str | None = None
     mask_image: str | None = None
     strength: float | None = Field(None, gt=0, le=1)
+    speed: Speed | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Limits:
     # Mode -> None when the loaded pipeline family supports it, else why not.
     edit_modes: dict[str, str | None]
     quality_steps: dict[str, int]
+    default_speed: Speed
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Generation:
     quality: Preset | None = None
     output_compression: int | None = None
     partial_images: int = 0
+    speed: Speed = "exact"
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
@@ -116,6 +122,7 @@ class Generation:
             self.guidance_scale,
             self.scheduler,
             self.negative_prompt is not None,
+            self.speed,
         )
 
 
@@ -239,6 +246,7 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         quality=preset,
         output_compression=request.output_compression,
         partial_images=request.partial_images,
+        speed=request.speed or limits.default_speed,
     )
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .request import Speed
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
 Offload = Literal["false", "true", "model", "sequential"]
 LogFormat = Literal["text", "json"]
@@ -41,6 +43,8 @@ class RuntimeSettings(BaseSettings):
     quality_low_steps: int | None = Field(None, ge=1)
     quality_high_steps: int | None = Field(None, ge=1)
     default_strength: float = Field(0.8, gt=0, le=1)
+    # The tier a request without `speed` gets. exact: the bytes diffusers itself draws.
+    default_speed: Speed = "exact"
     max_input_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
 

@@ -37,6 +37,9 @@ class PromptFields(BaseModel):
     seed: int | None = Field(None, ge=0, description="Reproduces an image.")
     scheduler: str | None = Field(None, description="See list_models.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
+    speed: Literal["exact", "balanced", "fast"] | None = Field(
+        None, description="exact: reference bytes; balanced, fast: quicker (see list_models)."
+    )
     model: str | None = Field(None, description="From list_models; default if unset.")
 
 
@@ -115,6 +118,7 @@ class GenerationResult(BaseModel):
     num_inference_steps: int | None
     guidance_scale: float | None
     scheduler: str | None
+    speed: str | None = None
     # For the REST answer (OpenAI's fields), kept out of the MCP result and its schema.
     quality: SkipJsonSchema[str | None] = Field(None, exclude=True)
     background: SkipJsonSchema[str | None] = Field(None, exclude=True)

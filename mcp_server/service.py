@@ -193,6 +193,7 @@ class ImageService:
             num_inference_steps=prediction.get("num_inference_steps", request.num_inference_steps),
             guidance_scale=prediction.get("guidance_scale", request.guidance_scale),
             scheduler=prediction.get("scheduler", request.scheduler),
+            speed=prediction.get("speed", request.speed),
             quality=prediction.get("quality"),
             background=prediction.get("background"),
             timings=timings,
