@@ -38,7 +38,7 @@ class PromptFields(BaseModel):
     scheduler: str | None = Field(None, description="See list_models.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
     speed: Literal["exact", "balanced", "fast"] | None = Field(
-        None, description="exact: reference bytes; balanced, fast: quicker (see list_models)."
+        None, description="Default exact; balanced, fast: quicker, see list_models."
     )
     model: str | None = Field(None, description="From list_models; default if unset.")
 

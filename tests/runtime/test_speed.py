@@ -107,8 +107,7 @@ def test_a_tier_leaves_the_pipeline_as_it_found_it(default_pipe):
     hooked = [
         name
         for name, module in default_pipe.transformer.named_modules()
-        if getattr(module, "_diffusers_hook", None) is not None
-        and module._diffusers_hook.hooks
+        if getattr(module, "_diffusers_hook", None) is not None and module._diffusers_hook.hooks
     ]
     assert hooked == []
     assert {type(p).__name__ for p in default_pipe.transformer.attn_processors.values()} == (
