@@ -35,9 +35,12 @@ from .errors import (
     RuntimeFailure,
 )
 from .request import Generation
-from .speed import Speeds
+from .speed import SPEEDS, Speeds
 
 log = logging.getLogger(__name__)
+
+# Enough steps for every tier to run both its full and its predicted steps.
+WARMUP_STEPS = 6
 
 STOPPING = (
     "this runtime replica is shutting down (a scale-down or a restart) and had not started "
@@ -198,6 +201,22 @@ class Engine:
         # it can finish, at the seconds per step and pixel measured on the last call.
         self._stop_at: float | None = None
         self._pixel_step_seconds = 0.0
+
+    def warm_up(self, sizes: list[tuple[int, int]], guidance_scale: float) -> float:
+        """Compiled blocks compile on their first call at each shape in each tier: make those
+        calls here, before the runtime reports ready, not in a user's request. Seconds taken."""
+        started = time.monotonic()
+        for width, height in sizes:
+            for speed in SPEEDS:
+                with torch.inference_mode(), self.speeds.applied(self._pipe, speed):
+                    self._pipe(
+                        "warm-up",
+                        width=width,
+                        height=height,
+                        num_inference_steps=WARMUP_STEPS,
+                        guidance_scale=guidance_scale,
+                    )
+        return time.monotonic() - started
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:

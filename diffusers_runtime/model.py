@@ -75,6 +75,16 @@ class DiffusersModel(kserve.Model):
             batch_window_seconds=self.settings.batch_window_ms / 1000,
         )
         self.limits = limits_for(self.loaded, self.settings, self.engine)
+        if self.loaded.compiled:
+            sizes = self.settings.warmup_sizes() or [
+                (self.limits.default_width, self.limits.default_height)
+            ]
+            seconds = self.engine.warm_up(sizes, self.limits.default_guidance_scale)
+            log.info(
+                "compile warm-up: %s in every speed tier, %.1f s",
+                ", ".join(f"{w}x{h}" for w, h in sizes),
+                seconds,
+            )
         self.ready = True
         return self.ready
 
@@ -93,6 +103,7 @@ class DiffusersModel(kserve.Model):
             "pipeline": type(loaded.pipe).__name__,
             "device": loaded.device,
             "dtype": str(loaded.dtype).removeprefix("torch."),
+            "compiled": loaded.compiled,
             "max_pixels": limits.max_pixels,
             "max_steps": limits.max_steps,
             "max_images_per_request": limits.max_images_per_request,

@@ -12,6 +12,7 @@ from .request import Speed
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
 Offload = Literal["false", "true", "model", "sequential"]
 LogFormat = Literal["text", "json"]
+Compile = Literal["off", "default", "max-autotune"]
 
 
 class SettingsError(SystemExit):
@@ -43,8 +44,14 @@ class RuntimeSettings(BaseSettings):
     quality_low_steps: int | None = Field(None, ge=1)
     quality_high_steps: int | None = Field(None, ge=1)
     default_strength: float = Field(0.8, gt=0, le=1)
-    # The tier a request without `speed` gets. exact: the bytes diffusers itself draws.
-    default_speed: Speed = "exact"
+    # The tier a request without `speed` gets. balanced drew the default model's evaluation
+    # exactly as exact does, 1.7-2.6x faster (docs/performance.md); exact is diffusers' bytes.
+    default_speed: Speed = "balanced"
+    # torch.compile of the denoiser's transformer blocks (regional: one compiled block serves
+    # all), warmed up before the runtime reports ready at each of COMPILE_WARMUP_SIZES
+    # ("WxH,WxH"; empty: the model's default size) in every speed tier.
+    compile: Compile = "off"
+    compile_warmup_sizes: str = Field("", pattern=r"^(\d+x\d+(,\d+x\d+)*)?$")
     max_input_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
@@ -65,6 +72,18 @@ class RuntimeSettings(BaseSettings):
         if value is not None and limit is not None and value > limit:
             raise ValueError(f"more than MAX_STEPS ({limit}); lower it or raise MAX_STEPS")
         return value
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        return (
+            [
+                (int(width), int(height))
+                for width, height in (
+                    size.split("x") for size in self.compile_warmup_sizes.split(",")
+                )
+            ]
+            if self.compile_warmup_sizes
+            else []
+        )
 
     def quality_steps(self) -> dict[str, int]:
         """Steps per quality preset; `auto` and DALL-E 3's `standard` / `hd` map onto them."""

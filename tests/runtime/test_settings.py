@@ -29,6 +29,9 @@ def test_defaults_follow_the_deployment_guide(monkeypatch):
         ("MAX_PIXELS", "x"),
         ("QUALITY_LOW_STEPS", "0"),
         ("QUALITY_HIGH_STEPS", "101"),
+        ("DEFAULT_SPEED", "warp"),
+        ("COMPILE", "always"),
+        ("COMPILE_WARMUP_SIZES", "128"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, name, value):
@@ -68,3 +71,10 @@ def test_a_missing_model_folder_says_what_to_check(tmp_path, monkeypatch):
     )
     assert result.returncode != 0
     assert "is not a folder" in result.stderr and "storageUri" in result.stderr
+
+
+def test_compile_warmup_sizes_are_read_as_width_by_height(monkeypatch):
+    monkeypatch.setenv("COMPILE_WARMUP_SIZES", "128x128,256x64")
+    assert RuntimeSettings().warmup_sizes() == [(128, 128), (256, 64)]
+    monkeypatch.setenv("COMPILE_WARMUP_SIZES", "")
+    assert RuntimeSettings().warmup_sizes() == []

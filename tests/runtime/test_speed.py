@@ -149,7 +149,7 @@ def pipe_tiny(tiny_model):
 def test_capabilities_name_each_tier_and_what_it_runs(default_runtime):
     capabilities = httpx.get(f"{default_runtime.url}/v1/models/model/capabilities").json()
     assert set(capabilities["speeds"]) == set(SPEEDS)
-    assert capabilities["default_speed"] == "exact"
+    assert capabilities["default_speed"] == "balanced"
     assert "TaylorSeer" in capabilities["speeds"]["fast"]
 
 
@@ -177,7 +177,7 @@ def test_cancelling_a_cached_tier_stops_it_and_the_next_exact_request_is_unchang
     default_runtime,
 ):
     def exact() -> bytes:
-        answer = predict(default_runtime.url, {"prompt": PROMPT, "seed": 9})
+        answer = predict(default_runtime.url, {"prompt": PROMPT, "seed": 9, "speed": "exact"})
         return answer.json()["predictions"][0]["image"]["b64"]
 
     before = exact()
@@ -191,3 +191,27 @@ def test_cancelling_a_cached_tier_stops_it_and_the_next_exact_request_is_unchang
     assert metric(default_runtime.url, "diffusers_cancellations_total", model="model") == (
         cancelled + 1
     )
+
+
+def test_compiled_blocks_warm_up_every_tier_and_draw_what_eager_ones_draw(default_pipe, tiny_model):
+    loaded = load_pipeline(RuntimeSettings(model_id=str(DEFAULT_MODEL), compile="default"))
+    assert loaded.compiled
+    assert "compile default applied to 6 transformer blocks" in loaded.decisions[-1]
+
+    async def scenario():
+        engine = Engine(loaded.pipe, "m", max_batch_size=1, batch_window_seconds=0)
+        seconds = engine.warm_up([(128, 128)], guidance_scale=4.0)
+        try:
+            images = [(await engine.generate(generation(s, 4), "r")).images[0] for s in SPEEDS]
+        finally:
+            await engine.close()
+        return seconds, images
+
+    seconds, compiled = asyncio.run(scenario())
+    assert seconds > 0
+    eager = draw(default_pipe, *SPEEDS, seed=4)
+    for speed, mine, theirs in zip(SPEEDS, compiled, eager, strict=True):
+        assert psnr(np.asarray(mine, dtype=np.float64), theirs) > 35, speed
+    tiny = load_pipeline(RuntimeSettings(model_id=tiny_model, compile="default"))
+    assert not tiny.compiled
+    assert "no transformer blocks" in tiny.decisions[-1]
