@@ -1,11 +1,13 @@
 """`make bench`: every layer of the service measured side by side, in one run.
 
-Layers, on the same parameters: (1) raw: the pipeline in-process plus PNG encoding, the
-physical floor; (2) the runtime over HTTP (KServe v1 :predict); (3) the MCP server's
-generate_image through the mcp SDK client over streamable HTTP; (4) the REST endpoint through
-the openai client. Figures are medians (and p90) of repeated runs with torch fixed to one
-thread, so that a shared 2-core machine gives stable numbers. Writes bench/results/latest.json,
-bench/results/latest.md, and the README's performance section.
+Layers, on the same parameters and the exact tier: (1) raw: the bare pipeline plus PNG
+encoding in a process of its own (bench/bare.py), the physical floor; (2) the runtime over
+HTTP (KServe v1 :predict); (3) the MCP server's generate_image through the mcp SDK client over
+streamable HTTP; (4) the REST endpoint through the openai client. Figures are medians (and
+p90) of repeated runs with torch fixed to one thread, so that a shared 2-core machine gives
+stable numbers. Writes bench/results/latest.json, bench/results/latest.md, and the
+performance page's block (docs/performance.md). The speed tiers and the cost of size, steps
+and batch are bench/tiers.py and bench/cost.py.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import openai
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from bench.page import write_block
 from tests.helpers import metric
 from tests.reliability.proxy import fault_proxy
 from tests.support import DEFAULT_MODEL, REPO, ServerProcess, start_mcp_server, start_runtime
@@ -49,6 +52,12 @@ CONCURRENCY = [1, 4, 8]
 REPLICAS = [1, 2]
 SCALE_OUT = {"width": 128, "height": 128, "num_inference_steps": 8}
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
+# Every layer draws what the bare pipeline draws: the exact tier (the speed tiers have their
+# own table, bench/tiers.py) at one guidance scale.
+LIKE_FOR_LIKE = {"speed": "exact", "guidance_scale": 7.0}
+GUIDANCE = LIKE_FOR_LIKE["guidance_scale"]
+# Calls over which the MCP server's own CPU time is averaged.
+CPU_CALLS = 20
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -101,34 +110,34 @@ def peak_rss(pid: int) -> Iterator[list[float]]:
         sampler.join()
 
 
-# Layer 1: the pipeline in-process.
+# Layer 1: the bare pipeline, in a process of its own (bench/bare.py).
 
 
-def raw_layer(model_dir: str) -> tuple[dict, Callable[[dict], None]]:
-    import torch
+class BareLayer:
+    """The plain diffusers call in its own process with one torch thread, as the runtime
+    has: no layer of ours, and no client in its process."""
 
-    from diffusers_runtime.encoding import encode
-    from diffusers_runtime.loading import load_pipeline
-    from diffusers_runtime.settings import RuntimeSettings
+    def __init__(self, model_dir: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare", model_dir, str(THREADS), str(GUIDANCE)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.meta = json.loads(self.stdout.readline())
 
-    torch.set_num_threads(THREADS)
-    pipe = load_pipeline(RuntimeSettings(model_id=model_dir)).pipe
+    def __call__(self, params: dict) -> None:
+        self.stdin.write(json.dumps(params) + "\n")
+        self.stdin.flush()
+        if self.stdout.readline().strip() != "done":
+            raise RuntimeError("the bare pipeline process stopped")
 
-    def generate(params: dict) -> None:
-        generator = torch.Generator("cpu").manual_seed(params.get("seed", 0))
-        # The engine's own call: inference_mode is a little faster than the pipeline's no_grad.
-        with torch.inference_mode():
-            image = pipe(
-                "a small red circle in the top left corner on a blue background",
-                width=params["width"],
-                height=params["height"],
-                num_inference_steps=params["num_inference_steps"],
-                guidance_scale=7.0,
-                generator=generator,
-            ).images[0]
-        encode(image, "png")
-
-    return {"pipeline": type(pipe).__name__}, generate
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait(timeout=60)
 
 
 # Layers 2-4: clients of the processes.
@@ -143,6 +152,7 @@ def runtime_call(url: str, client: httpx.Client) -> Callable[[dict], None]:
                     {
                         "prompt": "a small red circle in the top left corner on a blue background",
                         "seed": 0,
+                        **LIKE_FOR_LIKE,
                         **params,
                     }
                 ]
@@ -223,6 +233,7 @@ class McpLayer:
         arguments = {
             "prompt": "a small red circle in the top left corner on a blue background",
             "seed": 0,
+            **LIKE_FOR_LIKE,
             **params,
         }
         result = self._run(self.client.call_tool("generate_image", arguments))
@@ -241,7 +252,11 @@ def rest_call(url: str, client: openai.OpenAI) -> Callable[[dict], None]:
             prompt="a small red circle in the top left corner on a blue background",
             size=f"{params['width']}x{params['height']}",
             response_format="b64_json",
-            extra_body={"num_inference_steps": params["num_inference_steps"], "seed": 0},
+            extra_body={
+                "num_inference_steps": params["num_inference_steps"],
+                "seed": params.get("seed", 0),
+                **LIKE_FOR_LIKE,
+            },
         )
 
     return generate
@@ -398,9 +413,24 @@ def wire_bytes(mcp_url: str, rest_url: str) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process PID so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_ms(pid: int, call: Callable[[dict], None]) -> float:
+    """The MCP server's own CPU milliseconds per call at 64x64/4, over CPU_CALLS calls."""
+    before = cpu_seconds(pid)
+    for seed in range(CPU_CALLS):
+        call({**SMALL, "seed": seed})
+    return 1000 * (cpu_seconds(pid) - before) / CPU_CALLS
+
+
 def measure(log_dir: Path) -> dict:
     model_dir = MODEL
-    meta, raw = raw_layer(model_dir)
+    raw = BareLayer(model_dir)
+    meta = raw.meta
     results: dict = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -435,6 +465,10 @@ def measure(log_dir: Path) -> dict:
             results["latency"][key] = figures
             print(key, {n: round(f["median"] * 1000, 1) for n, f in figures.items()}, flush=True)
 
+        results["server_cpu_ms_per_call"] = {
+            name: server_cpu_ms(mcp.process.pid, layers[name]) for name in ("mcp", "rest")
+        }
+        print("MCP server CPU ms per call", results["server_cpu_ms_per_call"], flush=True)
         results["partial_images"] = partial_image_cost(runtime.url, http)
         print("partial images", results["partial_images"], flush=True)
 
@@ -459,6 +493,7 @@ def measure(log_dir: Path) -> dict:
         results["runtime_rss_mib"] = rss_mib(runtime.process.pid)
         results["wire"] = wire_bytes(mcp.url, mcp.url)
         layers["mcp"].close()
+        raw.close()
     with (
         runtime_process(log_dir, MAX_BATCH_SIZE="1") as unbatched,
         httpx.Client(timeout=300) as http,
@@ -516,6 +551,9 @@ def table(results: dict) -> str:
         *scale_out_lines(results["scale_out"]),
         f"- Runtime with batching off, {max(CONCURRENCY)} clients: "
         f"{off['images_per_s']:.2f}/s ({off['ratio_to_raw_sequential']:.2f}x raw).",
+        f"- MCP server CPU per call (64x64/4, {CPU_CALLS} calls): "
+        f"{results['server_cpu_ms_per_call']['mcp']:.1f} ms for generate_image, "
+        f"{results['server_cpu_ms_per_call']['rest']:.1f} ms for REST b64_json.",
         f"- MCP server RSS: {results['mcp_rss_idle_mib']:.0f} MiB idle, "
         f"{results['mcp_rss_under_load_mib']:.0f} MiB peak under {max(CONCURRENCY)} clients; "
         f"runtime RSS {results['runtime_rss_mib']:.0f} MiB.",
@@ -551,19 +589,9 @@ def scale_out_lines(figures: dict[str, dict[str, float]]) -> list[str]:
     return [*lines, ""]
 
 
-def update_readme(markdown: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        readme.write_text(f"{before}{start}\n{markdown}{end}{after}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--no-page", action="store_true", help="leave docs/performance.md alone")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / "logs"
@@ -572,8 +600,8 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = table(results)
     (RESULTS / "latest.md").write_text(markdown)
-    if not args.no_readme:
-        update_readme(markdown)
+    if not args.no_page:
+        write_block("bench", markdown)
     print(markdown)
     return 0
 
