@@ -37,9 +37,15 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from bench.page import write_block
-from tests.helpers import metric
-from tests.reliability.proxy import fault_proxy
-from tests.support import DEFAULT_MODEL, REPO, ServerProcess, start_mcp_server, start_runtime
+from scripts.proxy import fault_proxy
+from scripts.servers import (
+    DEFAULT_MODEL,
+    REPO,
+    ServerProcess,
+    metric,
+    start_mcp_server,
+    start_runtime,
+)
 
 RESULTS = REPO / "bench" / "results"
 # The model every layer serves: MODEL_ID (make bench passes it), by default the shipped one.

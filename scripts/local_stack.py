@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,8 +18,18 @@ from types import FrameType
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "models" / "default"
+from scripts.servers import (
+    DEFAULT_MODEL,
+    REPO,
+    Interrupted,
+    ServerError,
+    ServerProcess,
+    port_is_free,
+    runtime_args,
+    spawn,
+    wait_until_ready,
+)
+
 # The default model draws best at guidance 4 (models/default-evaluation.json); a model named
 # by MODEL_ID keeps the runtime's own default unless DEFAULT_GUIDANCE_SCALE says otherwise.
 DEFAULT_MODEL_GUIDANCE = "4"
@@ -37,76 +45,6 @@ SCENE_EXAMPLES = (
 )
 # A real model may first download gigabytes; Ctrl-C ends the wait sooner.
 READY_TIMEOUT_SECONDS = 1800
-
-
-class StackError(Exception):
-    pass
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def relay(name: str, process: subprocess.Popen[bytes]) -> None:
-    """Prefix each child's output lines so both logs stay readable in one terminal."""
-    assert process.stdout is not None
-    for line in iter(process.stdout.readline, b""):
-        sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
-        sys.stdout.flush()
-
-
-def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        # Own process group: the terminal's Ctrl-C reaches only us, and we stop the
-        # children in order instead of racing them.
-        start_new_session=True,
-    )
-    threading.Thread(target=relay, args=(name, process), daemon=True).start()
-    return process
-
-
-class Interrupted(Exception):
-    pass
-
-
-def wait_ready(
-    name: str, process: subprocess.Popen[bytes], url: str, stopping: threading.Event
-) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if stopping.is_set():
-            raise Interrupted
-        if process.poll() is not None:
-            raise StackError(f"the {name} exited with code {process.returncode}; see its log above")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise StackError(f"the {name} was not ready at {url} after {READY_TIMEOUT_SECONDS} s")
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    # The MCP server first, so it never reports the runtime's shutdown as an error.
-    for process in reversed(processes):
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
 
 
 def first_picture(mcp_port: int) -> str:
@@ -219,44 +157,49 @@ def main() -> int:
         runtime_env["DEFAULT_GUIDANCE_SCALE"] = os.environ.get(
             "DEFAULT_GUIDANCE_SCALE", DEFAULT_MODEL_GUIDANCE
         )
-    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[ServerProcess] = []
     try:
-        runtime = spawn(
+        runtime = ServerProcess(
+            spawn(runtime_args(runtime_port), runtime_env, relay_as="runtime"),
+            f"http://127.0.0.1:{runtime_port}",
+            None,
             "runtime",
-            ["-m", "diffusers_runtime", "--http_port", str(runtime_port), "--enable_grpc", "false"],
-            runtime_env,
         )
-        processes.append(runtime)
-        server = spawn(
-            "mcp",
-            ["-m", "mcp_server"],
-            {
-                "DIFFUSERS_RUNTIME_URL": f"http://127.0.0.1:{runtime_port}",
-                "DIFFUSERS_MODEL_ID": "model",
-                "HOST": "127.0.0.1",
-                "PORT": str(mcp_port),
-                "IMAGE_STORE_DIR": str(REPO / ".cache" / "images"),
-            },
+        servers.append(runtime)
+        mcp_env = {
+            "DIFFUSERS_RUNTIME_URL": runtime.url,
+            "DIFFUSERS_MODEL_ID": "model",
+            "HOST": "127.0.0.1",
+            "PORT": str(mcp_port),
+            "IMAGE_STORE_DIR": str(REPO / ".cache" / "images"),
+        }
+        server = ServerProcess(
+            spawn(["-m", "mcp_server"], mcp_env, relay_as="mcp"),
+            f"http://127.0.0.1:{mcp_port}",
+            None,
+            "MCP server",
         )
-        processes.append(server)
-        wait_ready("runtime", runtime, f"http://127.0.0.1:{runtime_port}/v1/models/model", stopping)
-        wait_ready("MCP server", server, f"http://127.0.0.1:{mcp_port}/ready", stopping)
+        servers.append(server)
+        for each, path in ((runtime, "/v1/models/model"), (server, "/ready")):
+            wait_until_ready(each, path, READY_TIMEOUT_SECONDS, 0.3, stopping)
         print(banner(mcp_port, runtime_port, default_model), flush=True)
         print(first_picture(mcp_port), flush=True)
         while not stopping.wait(0.5):
-            for process, name in ((runtime, "runtime"), (server, "MCP server")):
-                if process.poll() is not None:
-                    raise StackError(f"the {name} exited with code {process.returncode}")
+            for each in servers:
+                if each.process.poll() is not None:
+                    raise ServerError(f"the {each.name} exited with code {each.process.returncode}")
         print("local_stack: stopping", flush=True)
         return 0
     except Interrupted:
         print("local_stack: interrupted before both were ready; stopping", flush=True)
         return 0
-    except StackError as exc:
+    except ServerError as exc:
         print(f"local_stack: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop(processes)
+        # The MCP server first, so it never reports the runtime's shutdown as an error.
+        for each in reversed(servers):
+            each.stop(timeout=15)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from scene_model import evaluation
-from tests.support import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
+from scripts.servers import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
 
 
 @pytest.fixture(scope="session")

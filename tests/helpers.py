@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import io
 
-import httpx
 from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
@@ -21,18 +19,6 @@ def image_size(data: bytes | str) -> tuple[int, int]:
     with Image.open(io.BytesIO(raw)) as image:
         image.load()
         return image.size
-
-
-def metric(base_url: str, name: str, **labels: str) -> float:
-    """The sum of the samples of one Prometheus metric whose labels include LABELS (all of
-    them when none are given); 0 when there is none."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def check_openai_event(event: object, expected: type[BaseModel]) -> None:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import REPO, ServerProcess, free_port, start_mcp_server
+from scripts.servers import REPO, ServerProcess, free_port, start_mcp_server
 
 
 @pytest.fixture(scope="module")

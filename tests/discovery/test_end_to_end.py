@@ -18,9 +18,9 @@ import httpx
 import pytest
 from mcp import Client
 
+from scripts.servers import REPO, start_mcp_server
 from tests.discovery.conftest import discovery_env
 from tests.helpers import SMALL, image_size
-from tests.support import REPO, start_mcp_server
 
 BROKEN = "Revision broken-predictor-00001 failed: container kserve-container OOMKilled"
 

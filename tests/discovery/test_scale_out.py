@@ -24,10 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.proxy import FaultProxy, fault_proxy
+from scripts.servers import ServerProcess, metric, start_mcp_server, start_runtime
 from tests.discovery.conftest import FakeCluster, discovery_env
-from tests.helpers import metric
-from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, start_mcp_server, start_runtime
 
 # One torch thread and one image per pipeline call: each replica is one unit of compute, so
 # two of them on two cores can double the work done.

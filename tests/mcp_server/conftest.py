@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support import REPO, ServerProcess, free_port, start_mcp_server, start_runtime
+from scripts.servers import REPO, ServerProcess, free_port, start_mcp_server, start_runtime
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from scripts.servers import ServerProcess, start_mcp_server
 from tests.helpers import SMALL, image_size
-from tests.support import ServerProcess, start_mcp_server
 
 TOKEN = "s3cret-token-for-tests"
 PREVIEW_BUDGET = 1500

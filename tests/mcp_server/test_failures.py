@@ -15,9 +15,9 @@ import httpx
 import pytest
 from mcp import Client
 
+from scripts.servers import ServerProcess, start_mcp_server
 from tests.helpers import SMALL
 from tests.mcp_server.conftest import LateRuntime
-from tests.support import ServerProcess, start_mcp_server
 
 TIMEOUT = 2.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+from scripts.servers import REPO, ServerProcess, free_port
 from tests.mcp_server.conftest import LateRuntime, gate_command
-from tests.support import REPO, ServerProcess, free_port
 
 
 def run_gate(**env: str) -> subprocess.CompletedProcess[str]:

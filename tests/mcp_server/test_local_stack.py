@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from scene_model import analysis
-from tests.support import DEFAULT_MODEL, REPO, free_port
+from scripts.servers import DEFAULT_MODEL, REPO, free_port
 
 
 def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:

@@ -18,8 +18,8 @@ from PIL import Image
 from mcp_server.generation import EditRequest, GenerationFields, GenerationRequest, GenerationResult
 from mcp_server.jobs import JobState
 from mcp_server.registry import ModelInfo
-from tests.helpers import LONG, SMALL, image_size, metric
-from tests.support import ServerProcess, start_mcp_server
+from scripts.servers import ServerProcess, metric, start_mcp_server
+from tests.helpers import LONG, SMALL, image_size
 
 
 def run(coro):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, ServerProcess
+from scripts.servers import REPO, ServerProcess
 
 
 def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

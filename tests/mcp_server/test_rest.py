@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from mcp_server.generation import PromptFields
-from tests.helpers import image_size, metric
-from tests.support import ServerProcess
+from scripts.servers import ServerProcess, metric
+from tests.helpers import image_size
 
 STEPS = {"num_inference_steps": 4}
 

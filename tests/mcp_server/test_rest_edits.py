@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.support import ServerProcess
+from scripts.servers import ServerProcess
 
 EDIT = {"num_inference_steps": 8, "seed": 3}
 

@@ -17,8 +17,8 @@ from openai.types import (
 )
 from PIL import Image
 
-from tests.helpers import check_openai_event, check_streamed_generation, image_size, metric
-from tests.support import ServerProcess, start_mcp_server, start_runtime
+from scripts.servers import ServerProcess, metric, start_mcp_server, start_runtime
+from tests.helpers import check_openai_event, check_streamed_generation, image_size
 
 STEPS = {"num_inference_steps": 6}
 # At 256x256 (about 0.1 s a step on the tiny model), long enough to act during it.

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from mcp import Client
 
+from scripts.servers import ServerProcess, free_port, run_server, start_mcp_server
 from tests.helpers import LONG, SMALL, image_size
-from tests.support import ServerProcess, free_port, run_server, start_mcp_server
 
 BUCKET = "diffusers-images"
 CREDENTIALS = {

@@ -9,8 +9,8 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
+from scripts.servers import REPO, ServerProcess
 from tests.helpers import SMALL, image_size
-from tests.support import REPO, ServerProcess
 
 
 def test_stdio_lists_tools_and_generates(

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from scripts.servers import ServerProcess, start_mcp_server, start_runtime
 from tests.reliability.hostile import TOKEN
-from tests.support import ServerProcess, start_mcp_server, start_runtime
 
 # Small limits: any request that passes validation costs at most 128x128 pixels x 4 steps.
 SMALL_RUNTIME = {

@@ -19,9 +19,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from scripts.servers import ServerProcess, start_mcp_server
 from tests.deploy.manifests import config, mcp_dir, render
 from tests.reliability.hostile import AUTH, TOKEN, TRIED
-from tests.support import ServerProcess, start_mcp_server
 
 WRONG_TOKEN = "wrong-token-7f3e9c"
 OPEN = ("/health", "/ready", "/metrics")

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from scripts.servers import ServerProcess
 from tests.reliability.hostile import AUTH, TRIED
-from tests.support import ServerProcess
 
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 

@@ -18,8 +18,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.helpers import metric
-from tests.support import ServerProcess, start_mcp_server
+from scripts.servers import ServerProcess, metric, start_mcp_server
 
 REQUESTS = 200
 CLIENTS = 16

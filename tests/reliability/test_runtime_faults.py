@@ -17,9 +17,9 @@ import httpx
 import pytest
 from mcp import Client
 
+from scripts.proxy import FaultProxy, fault_proxy
+from scripts.servers import ServerProcess, free_port, start_mcp_server, start_runtime
 from tests.helpers import LONG, SMALL
-from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, free_port, start_mcp_server, start_runtime
 
 TIMEOUT = 20.0
 FAST_TIMEOUT = 3.0

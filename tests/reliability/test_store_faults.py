@@ -14,9 +14,9 @@ import httpx
 import pytest
 from mcp import Client
 
+from scripts.proxy import FaultProxy, fault_proxy
+from scripts.servers import ServerProcess, start_mcp_server
 from tests.mcp_server.test_s3_store import BUCKET, CREDENTIALS, moto_with_bucket
-from tests.reliability.proxy import FaultProxy, fault_proxy
-from tests.support import ServerProcess, start_mcp_server
 
 SMALL = {"size": "64x64", "num_inference_steps": 2}
 

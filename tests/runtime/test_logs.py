@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from scripts.servers import DEFAULT_MODEL, start_runtime
 from tests.runtime.helpers import predict
-from tests.support import DEFAULT_MODEL, start_runtime
 
 
 def test_text_logs_say_one_line_per_request_and_no_library_warnings(tmp_path):

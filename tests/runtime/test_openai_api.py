@@ -25,9 +25,9 @@ from diffusers_runtime.errors import DeviceOutOfMemory
 from diffusers_runtime.model import DiffusersModel
 from diffusers_runtime.openai_api import register_openai_routes
 from diffusers_runtime.settings import RuntimeSettings
-from tests.helpers import check_openai_event, check_streamed_generation, image_size, metric
+from scripts.servers import free_port, metric
+from tests.helpers import check_openai_event, check_streamed_generation, image_size
 from tests.runtime.helpers import predict
-from tests.support import free_port
 
 STEPS = {"num_inference_steps": 6}
 

@@ -15,7 +15,7 @@ from diffusers_runtime.engine import Engine, partial_steps
 from diffusers_runtime.loading import load_pipeline
 from diffusers_runtime.request import Generation
 from diffusers_runtime.settings import RuntimeSettings
-from tests.support import DEFAULT_MODEL
+from scripts.servers import DEFAULT_MODEL
 
 
 def generation(partial_images: int, steps: int = 6, seed: int = 1, **fields) -> Generation:

@@ -19,8 +19,8 @@ from diffusers_runtime.loading import load_pipeline
 from diffusers_runtime.request import Generation
 from diffusers_runtime.settings import RuntimeSettings
 from scene_model import analysis, scenes
+from scripts.servers import DEFAULT_MODEL
 from tests.runtime.helpers import decode, predict
-from tests.support import DEFAULT_MODEL
 
 
 def png_b64(image: Image.Image) -> str:

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
+from scripts.servers import ServerProcess, start_runtime
 from tests.runtime.test_streaming import events, stream
-from tests.support import ServerProcess, start_runtime
 
 # Runs first: about a second on the tiny model (ten on a loaded machine), within the grace.
 SHORT = {"width": 128, "height": 128, "num_inference_steps": 30}

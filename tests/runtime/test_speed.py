@@ -18,10 +18,9 @@ from diffusers_runtime.request import Generation
 from diffusers_runtime.settings import RuntimeSettings
 from diffusers_runtime.speed import SPEEDS, Speeds, trailing_copies
 from scene_model import analysis
-from tests.helpers import metric
+from scripts.servers import DEFAULT_MODEL, metric
 from tests.runtime.helpers import decode, predict
 from tests.runtime.test_streaming import events, stream
-from tests.support import DEFAULT_MODEL
 
 PROMPT = "a large red square on a white background"
 

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.helpers import SMALL, metric
+from scripts.servers import metric
+from tests.helpers import SMALL
 from tests.runtime.helpers import decode, predict
 
 # Long enough on the tiny model (about 0.1 s a step at 256x256) to act during it.

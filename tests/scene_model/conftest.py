@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import REPO
+from scripts.servers import REPO
 
 
 @pytest.fixture(scope="session")

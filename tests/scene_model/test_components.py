@@ -7,7 +7,7 @@ import json
 import torch
 
 from scene_model import components, training
-from tests.support import REPO
+from scripts.servers import REPO
 
 MODEL = REPO / "models" / "default"
 
