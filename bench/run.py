@@ -62,6 +62,7 @@ SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
 # own table, bench/tiers.py) at one guidance scale.
 LIKE_FOR_LIKE = {"speed": "exact", "guidance_scale": 7.0}
 GUIDANCE = LIKE_FOR_LIKE["guidance_scale"]
+DEFAULT_TIER = "balanced"
 # Calls over which the MCP server's own CPU time is averaged.
 CPU_CALLS = 20
 
@@ -495,6 +496,14 @@ def measure(log_dir: Path) -> dict:
                     "ratio_to_raw_sequential": rate / raw_rate,
                 }
                 print(f"throughput {name} x{clients}: {rate:.2f} img/s", flush=True)
+        # What a client gets without asking for a tier: the runtime's default one.
+        default = {**SMALL, "speed": DEFAULT_TIER}
+        results["default_tier"] = {
+            "speed": DEFAULT_TIER,
+            "mcp_latency": timed({"mcp": functools.partial(layers["mcp"], default)}, 15)["mcp"],
+            "mcp_8_images_per_s": throughput(layers["mcp"], max(CONCURRENCY), default),
+        }
+        print("default tier", results["default_tier"], flush=True)
         results["mcp_rss_idle_mib"] = idle
         results["runtime_rss_mib"] = rss_mib(runtime.process.pid)
         results["wire"] = wire_bytes(mcp.url, mcp.url)
@@ -551,10 +560,17 @@ def table(results: dict) -> str:
         ]
         lines.append(f"| {clients} | " + " | ".join(cells) + " |")
     off = t[f"runtime_{max(CONCURRENCY)}_batching_off"]
+    d = results["default_tier"]
+    raw_64 = results["latency"]["64x64/4"]["raw"]["median"]
     w, c, p = results["wire"], results["cold_start"], results["partial_images"]
     lines += [
         "",
         *scale_out_lines(results["scale_out"]),
+        f"- MCP at the default tier ({d['speed']}), 64x64/4: "
+        f"{d['mcp_latency']['median'] * 1000:.0f} ms, "
+        f"**{d['mcp_latency']['median'] / raw_64:.2f}x** "
+        f"bare exact; {max(CONCURRENCY)} clients {d['mcp_8_images_per_s']:.2f}/s, "
+        f"**{d['mcp_8_images_per_s'] / t['raw_sequential']:.2f}x** bare sequential.",
         f"- Runtime with batching off, {max(CONCURRENCY)} clients: "
         f"{off['images_per_s']:.2f}/s ({off['ratio_to_raw_sequential']:.2f}x raw).",
         f"- MCP server CPU per call (64x64/4, {CPU_CALLS} calls): "
