@@ -157,10 +157,10 @@ class DiffusersModel(kserve.Model):
         metrics.IMAGES.labels(self.name).inc(len(images))
         metrics.GENERATION_SECONDS.labels(self.name).observe(done - started)
         log.info(
-            "generated %d image(s) %dx%d, %d steps, %s, seed %d in %.0f ms (batch of %d): %s",
+            "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (%s, batch of %d): %s",
             len(images), generation.width, generation.height,
-            generation.num_inference_steps, generation.speed, generation.seed,
-            (done - started) * 1000, result.batch_size, _quoted(generation.prompt),
+            generation.num_inference_steps, generation.seed, (done - started) * 1000,
+            generation.speed, result.batch_size, _quoted(generation.prompt),
         )  # fmt: skip
         return {
             "model_name": self.name,
