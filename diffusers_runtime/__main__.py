@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import functools
 import logging
-import os
 import signal
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -36,11 +35,13 @@ async def _drain_on_sigterm(engine: Engine, grace_seconds: float) -> None:
 
 def main() -> None:
     settings = load_settings()
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper(), settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     # Imported once logging is configured: importing diffusers' pipelines already logs.
     import diffusers
     import transformers
     from kserve import ModelServer, model_server
+
+    from wire.logs import RequestIdMiddleware
 
     from .errors import install_handlers
     from .model import DiffusersModel
@@ -63,6 +64,7 @@ def main() -> None:
     model = DiffusersModel(args.model_name, settings)
     model.load()
     install_handlers(model_server.app)
+    model_server.app.add_middleware(RequestIdMiddleware)
     register_routes(model_server.app, model)
     register_openai_routes(model_server.app, model)
     assert model.engine is not None, "load() builds the engine"

@@ -1,4 +1,4 @@
-"""Logs: concise text lines for a terminal, or JSON lines with the request id for a pod.
+"""The runtime's logging: wire.logs' schema, with library chatter kept out of a terminal.
 
 `LOG_FORMAT=text` (the default, what `make run` shows) prints one short line per event and
 keeps library chatter a user cannot act on (deprecations, optional-backend fallbacks, access
@@ -8,16 +8,12 @@ container images' default) keeps every logger, warnings included, as JSON lines.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
-import sys
-import time
 
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+from wire.logs import configure_root
 
 # In text mode: loggers whose INFO lines repeat our per-request line (access logs) or say
 # nothing a user acts on (KServe's registration chatter), and libraries whose warnings are
@@ -32,37 +28,13 @@ QUIET_IN_TEXT = {
 }
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": request_id.get(),
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
-
-
 def configure(level: str = "INFO", log_format: str = "json") -> None:
     """One handler on the root logger for ours, KServe's and uvicorn's loggers (which leave
     their own formats alone when the root logger already has a handler), and for diffusers'
     and transformers', which print through their own handler unless told to propagate.
 
     Call it before importing diffusers' pipelines: importing them already logs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    configure_root(level, log_format)
     logging.captureWarnings(True)
     for library in (diffusers_logging, transformers_logging):
         library.disable_default_handler()

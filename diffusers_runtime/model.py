@@ -15,12 +15,13 @@ import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
+from wire.logs import request_id as current_request_id
+
 from . import metrics
 from .encoding import PIL_FORMATS, encoded_image
 from .engine import Engine, PartialCallback, ProgressCallback
 from .errors import BadRequest, ModelNotLoaded, RuntimeFailure
 from .loading import LoadedPipeline, load_pipeline
-from .logs import request_id as current_request_id
 from .request import BACKGROUND, Generation, Limits, parse
 from .settings import RuntimeSettings
 
@@ -140,7 +141,7 @@ class DiffusersModel(kserve.Model):
         try:
             _, engine, _ = self._serving()
             result = await engine.generate(
-                generation, current_request_id.get(), on_progress, on_partial
+                generation, current_request_id.get() or "-", on_progress, on_partial
             )
             encode_started = time.monotonic()
             images = await asyncio.to_thread(
@@ -224,7 +225,6 @@ class DiffusersModel(kserve.Model):
     async def predict(
         self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | InferResponse:
-        current_request_id.set((headers or {}).get("x-request-id") or uuid.uuid4().hex[:16])
         if isinstance(payload, InferRequest):
             return await self._predict_v2(payload)
         return {"predictions": await self.run_all(self.parse_v1(payload), "predict")}

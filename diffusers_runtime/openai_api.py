@@ -14,7 +14,6 @@ import base64
 import json
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -24,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from .errors import BadRequest, RuntimeFailure, openai_error_body
-from .logs import request_id
 from .model import DiffusersModel
 from .request import BACKGROUND, Generation, describe
 from .routes import SSE_HEADERS, sse
@@ -195,7 +193,6 @@ def register_openai_routes(app: FastAPI, model: DiffusersModel) -> None:
     async def serve(
         request: Request, read: Callable[[Request], Awaitable[dict[str, Any]]], kind: str
     ) -> Response:
-        request_id.set(request.headers.get("x-request-id") or uuid.uuid4().hex[:16])
         # Form fields are strings: numbers are read from them, as pydantic's lax mode does.
         strict = kind == "image_generation"
         try:

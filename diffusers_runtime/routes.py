@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,6 @@ from fastapi.responses import StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
 from .errors import error_body
-from .logs import request_id
 from .model import DiffusersModel
 from .request import BACKGROUND, Generation
 from .stream import Event, Failure, Partial, Progress, events
@@ -69,7 +67,6 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
         Closing the connection cancels the generation within one step.
         """
         served(model_name)
-        request_id.set(request.headers.get("x-request-id") or uuid.uuid4().hex[:16])
         (generation,) = model.parse_v1(await request.body(), exactly_one=True)
 
         async def stream() -> AsyncIterator[bytes]:

@@ -12,6 +12,7 @@ from .request import Speed
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
 Offload = Literal["false", "true", "model", "sequential"]
 LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Compile = Literal["off", "default", "max-autotune"]
 
 
@@ -32,6 +33,7 @@ class RuntimeSettings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1)
     # Text for a terminal; the container images set json, what log collectors expect.
     log_format: LogFormat = "text"
+    log_level: LogLevel = "INFO"
 
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_steps: int = Field(100, ge=1)
@@ -98,6 +100,11 @@ class RuntimeSettings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _uppercase(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 def load_settings() -> RuntimeSettings:

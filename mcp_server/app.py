@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -32,18 +31,18 @@ from mcp_server.errors import (
 )
 from mcp_server.jobs import JobManager
 from mcp_server.limiter import client_var
-from mcp_server.logs import ACCESS_LOGGER, new_request_id, request_id_var
+from mcp_server.logs import ACCESS_LOGGER
 from mcp_server.mcp_app import build_mcp
 from mcp_server.registry import ModelRegistry
 from mcp_server.rest import build_router, validation_problem
 from mcp_server.service import ImageService
 from mcp_server.settings import Settings
 from mcp_server.store import make_store
+from wire.logs import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
-UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._:/+=-]")
 # The largest body any route needs: an edit's source image and mask as base64 (the runtime takes
 # up to 10 MiB per image). Without a cap a client could make the server buffer any amount.
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -155,8 +154,8 @@ def _limited(receive: Receive) -> Receive:
 
 
 class RequestMiddleware:
-    """Request id (taken from X-Request-ID or minted), bearer auth, body size cap, access log,
-    metrics."""
+    """Bearer auth, body size cap, access log, metrics; inside wire's RequestIdMiddleware,
+    so its lines and answers carry the request id."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -179,10 +178,6 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        # The id travels on to logs and the runtime's headers: keep it short and plain.
-        offered = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = UNSAFE_ID_CHARACTERS.sub("", offered)[:64] or new_request_id()
-        token = request_id_var.set(request_id)
         client_token = client_var.set(client_of(scope, headers))
         started = time.monotonic()
         status = 500
@@ -191,8 +186,6 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         declared = headers.get(b"content-length", b"0")
@@ -227,7 +220,6 @@ class RequestMiddleware:
                     elapsed * 1000,
                     extra={"status": status, "duration_ms": round(elapsed * 1000, 1)},
                 )
-            request_id_var.reset(token)
             client_var.reset(client_token)
 
 
@@ -258,6 +250,7 @@ def create_app(settings: Settings) -> FastAPI:
     # "/": a catch-all mount would answer every unknown path and method in place of FastAPI.
     app.router.routes.extend(_mcp_app(components.mcp, settings).routes)
     app.add_middleware(RequestMiddleware, token=settings.mcp_auth_token)
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
     return app
 
 

@@ -32,9 +32,9 @@ from mcp_server.generation import (
     GenerationResult,
 )
 from mcp_server.jobs import JobManager, JobState
-from mcp_server.logs import new_request_id, request_id_var
 from mcp_server.registry import ModelInfo
 from mcp_server.service import ImageService
+from wire.logs import new_request_id, request_id
 
 INSTRUCTIONS = """\
 Generates images with Hugging Face diffusers models served on KServe.
@@ -252,9 +252,9 @@ def _preview(data: bytes, budget: int) -> tuple[bytes, str] | None:
 def _request_id() -> str:
     """Over HTTP the request middleware has set it (from X-Request-ID or minted); over stdio
     each tool call gets its own."""
-    request_id = request_id_var.get() or new_request_id()
-    request_id_var.set(request_id)
-    return request_id
+    current = request_id.get() or new_request_id()
+    request_id.set(current)
+    return current
 
 
 def build_mcp(

@@ -32,10 +32,10 @@ from mcp_server.generation import (
     Strength,
     Timings,
 )
-from mcp_server.logs import request_id_var
 from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import ID_PATTERN
+from wire.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class Routes:
             self.service.generate(
                 generation,
                 entry=entry,
-                request_id=request_id_var.get(),
+                request_id=request_id.get(),
                 base_url=self.public_url or str(request.base_url).rstrip("/"),
             )
         )
@@ -296,7 +296,7 @@ class Routes:
             self.service.generate(
                 generation,
                 entry=entry,
-                request_id=request_id_var.get(),
+                request_id=request_id.get(),
                 on_progress=on_progress,
                 on_partial=on_partial,
                 partial_images=body.partial_images,
