@@ -109,9 +109,13 @@ def test_generate_image_takes_a_speed_tier_and_says_which_ran(mcp_server: Server
                 "generate_image", {"prompt": "x", **SMALL, "speed": "fast"}
             )
             wrong = await client.call_tool("generate_image", {"prompt": "x", "speed": "warp"})
-            return fast, wrong
+            models = await client.call_tool("list_models", {})
+            return fast, wrong, models
 
-    fast, wrong = run(scenario())
+    fast, wrong, models = run(scenario())
+    capabilities = models.structured_content["models"][0]["capabilities"]
+    assert set(capabilities["speeds"]) == {"exact", "balanced", "fast"}
+    assert capabilities["default_speed"] == "balanced"
     assert not fast.is_error, fast.content
     assert fast.structured_content["speed"] == "fast"
     assert wrong.is_error
