@@ -46,7 +46,7 @@ def main() -> None:
     from .errors import install_handlers
     from .model import DiffusersModel
     from .openai_api import register_openai_routes
-    from .routes import register_routes
+    from .routes import refuse_not_offered, register_routes
 
     parser = argparse.ArgumentParser(
         parents=[model_server.parser],
@@ -65,6 +65,7 @@ def main() -> None:
     model.load()
     install_handlers(model_server.app)
     model_server.app.add_middleware(RequestIdMiddleware)
+    refuse_not_offered(model_server.app)
     register_routes(model_server.app, model)
     register_openai_routes(model_server.app, model)
     assert model.engine is not None, "load() builds the engine"

@@ -1,4 +1,5 @@
-"""The runtime's routes beside KServe's own: the progress stream and the capabilities."""
+"""The runtime's routes beside KServe's own: the progress stream and the capabilities; and
+which of KServe's own it does not offer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
 from .errors import error_body
@@ -16,6 +17,20 @@ from .request import BACKGROUND, Generation
 from .stream import Event, Failure, Partial, Progress, events
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# KServe's routes that a runtime of one pipeline, loaded once at start, does not offer: the
+# model repository's load and unload (unauthenticated, an unload left the runtime live without
+# its model until a restart, and there is no repository to load another from) and :explain
+# (no explainer). Path templates as KServe registers them.
+NOT_OFFERED = (
+    "/v2/repository/models/{model_name}/load",
+    "/v2/repository/models/{model_name}/unload",
+    "/v2/repository/index",
+    "/v1/models/{model_name}:explain",
+)
+NOT_OFFERED_MESSAGE = (
+    "{path} is not offered by this runtime: it serves one diffusers pipeline, loaded at start "
+    "(MODEL_ID) and never unloaded; restart the pod to load another model"
+)
 
 
 def sse(event: str, data: object) -> bytes:
@@ -44,6 +59,27 @@ def generate_event(event: Event, generation: Generation) -> bytes:
     # `image` repeats images[0] for the original runtime's :predict clients; this route is
     # new, so its result carries each image once.
     return sse("result", {k: v for k, v in event.prediction.items() if k != "image"})
+
+
+def refuse_not_offered(app: FastAPI) -> None:
+    """404 for NOT_OFFERED, and an OpenAPI document without them. Registered before KServe
+    adds its own routes (when its server starts), so these answer first."""
+
+    async def not_offered(request: Request) -> JSONResponse:
+        message = NOT_OFFERED_MESSAGE.format(path=request.url.path)
+        return JSONResponse(status_code=404, content={"error": message})
+
+    for path in NOT_OFFERED:
+        app.add_api_route(path, not_offered, methods=["GET", "POST"], include_in_schema=False)
+    document = app.openapi
+
+    def without_not_offered() -> dict[str, Any]:
+        schema = document()
+        for path in NOT_OFFERED:
+            schema["paths"].pop(path, None)
+        return schema
+
+    app.openapi = without_not_offered  # type: ignore[method-assign]
 
 
 def register_routes(app: FastAPI, model: DiffusersModel) -> None:

@@ -193,3 +193,22 @@ def test_request_id_is_logged_with_the_request(runtime):
     assert response.status_code == 200
     lines = [line for line in runtime.log().splitlines() if "req-42abc" in line]
     assert any("generated 1 image" in line for line in lines), runtime.log()[-2000:]
+
+
+def test_no_request_can_unload_the_model_while_the_runtime_reports_live(runtime):
+    """KServe's model-repository routes would unload the pipeline for good (a load cannot
+    bring it back): the runtime does not offer them, nor :explain."""
+    for path in (
+        "/v2/repository/models/model/unload",
+        "/v2/repository/models/model/load",
+        "/v2/repository/index",
+        "/v1/models/model:explain",
+    ):
+        answer = httpx.post(f"{runtime.url}{path}", json={}, timeout=10)
+        assert answer.status_code == 404, path
+        assert "not offered by this runtime" in answer.json()["error"], path
+    published = httpx.get(f"{runtime.url}/openapi.json", timeout=10).json()["paths"]
+    assert not [path for path in published if "repository" in path or ":explain" in path]
+    assert httpx.get(f"{runtime.url}/v2/health/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{runtime.url}/v1/models/model", timeout=10).json()["ready"] is True
+    assert predict(runtime.url, {**SMALL, "prompt": "still here"}).status_code == 200
