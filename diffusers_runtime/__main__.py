@@ -68,10 +68,9 @@ def main() -> None:
     refuse_not_offered(model_server.app)
     register_routes(model_server.app, model)
     register_openai_routes(model_server.app, model)
-    assert model.engine is not None, "load() builds the engine"
     grace = settings.shutdown_grace_seconds
     model_server.app.router.on_startup.append(
-        functools.partial(_drain_on_sigterm, model.engine, grace)
+        functools.partial(_drain_on_sigterm, model.serving().engine, grace)
     )
     ModelServer(grace_period=grace).start([model])
 

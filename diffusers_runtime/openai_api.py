@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from .errors import BadRequest, RuntimeFailure, openai_error_body
+from .generator import Generator
 from .model import DiffusersModel
 from .request import BACKGROUND, Generation, describe
 from .routes import SSE_HEADERS, sse
@@ -114,7 +115,7 @@ def response_body(prediction: dict[str, Any], generation: Generation) -> dict[st
 
 
 async def openai_events(
-    model: DiffusersModel, generation: Generation, kind: str
+    generator: Generator, generation: Generation, kind: str
 ) -> AsyncIterator[bytes]:
     """OpenAI's stream: KIND.partial_image events, then one KIND.completed event per image, in
     image order (KIND is image_generation or image_edit). With n > 1 the partial images of a
@@ -126,7 +127,7 @@ async def openai_events(
         "quality": generation.quality or "auto",
         "size": _size(generation),
     }
-    async for event in events(model, generation, "openai"):
+    async for event in events(generator, generation, "openai"):
         if isinstance(event, Progress):
             yield f": step {event.step}/{event.total}\n\n".encode()
         elif isinstance(event, Partial):
@@ -197,14 +198,15 @@ def register_openai_routes(app: FastAPI, model: DiffusersModel) -> None:
         strict = kind == "image_generation"
         try:
             openai, raw = instance(await read(request), model.name, strict)
-            generation = model.parse(raw, strict=strict)
+            generator = model.serving()
+            generation = generator.parse(raw, strict=strict)
             if openai.stream:
                 return StreamingResponse(
-                    openai_events(model, generation, kind),
+                    openai_events(generator, generation, kind),
                     media_type="text/event-stream",
                     headers=SSE_HEADERS,
                 )
-            (prediction,) = await model.run_all([generation], "openai")
+            (prediction,) = await generator.run_all([generation], "openai")
             return JSONResponse(response_body(prediction, generation))
         except (BadRequest, RuntimeFailure) as exc:
             return JSONResponse(openai_error_body(exc), status_code=int(exc.status))

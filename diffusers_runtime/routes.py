@@ -56,9 +56,7 @@ def generate_event(event: Event, generation: Generation) -> bytes:
         )
     if isinstance(event, Failure):
         return sse("error", error_body(event.error))
-    # `image` repeats images[0] for the original runtime's :predict clients; this route is
-    # new, so its result carries each image once.
-    return sse("result", {k: v for k, v in event.prediction.items() if k != "image"})
+    return sse("result", event.prediction)
 
 
 def refuse_not_offered(app: FastAPI) -> None:
@@ -93,7 +91,7 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
     @app.get("/v1/models/{model_name}/capabilities", tags=["diffusers"])
     async def capabilities(model_name: str) -> dict[str, Any]:
         """Limits, defaults, schedulers and formats this runtime accepts."""
-        return served(model_name).capabilities()
+        return served(model_name).serving().capabilities()
 
     @app.post("/v1/models/{model_name}:generate", tags=["diffusers"])
     async def generate(model_name: str, request: Request) -> StreamingResponse:
@@ -106,7 +104,7 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
         (generation,) = model.parse_v1(await request.body(), exactly_one=True)
 
         async def stream() -> AsyncIterator[bytes]:
-            async for event in events(model, generation, "generate"):
+            async for event in events(model.serving(), generation, "generate"):
                 yield generate_event(event, generation)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from .errors import RuntimeFailure
-from .model import DiffusersModel
+from .generator import Generator
 from .request import Generation
 
 
@@ -49,7 +49,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-async def events(model: DiffusersModel, generation: Generation, route: str) -> AsyncIterator[Event]:
+async def events(generator: Generator, generation: Generation, route: str) -> AsyncIterator[Event]:
     """Events in the order they happen: the partial images of a step follow its progress
     event, in image order; the result or failure comes last."""
     queue: asyncio.Queue[Progress | tuple[int, int, Image.Image] | None] = asyncio.Queue()
@@ -60,7 +60,7 @@ async def events(model: DiffusersModel, generation: Generation, route: str) -> A
     def on_partial(image_index: int, partial_index: int, image: Image.Image) -> None:
         queue.put_nowait((image_index, partial_index, image))
 
-    task = asyncio.create_task(model.run(generation, route, on_progress, on_partial))
+    task = asyncio.create_task(generator.run(generation, route, on_progress, on_partial))
     task.add_done_callback(_retrieve)
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
@@ -69,7 +69,7 @@ async def events(model: DiffusersModel, generation: Generation, route: str) -> A
                 yield item
             else:
                 image_index, partial_index, image = item
-                encoded = await asyncio.to_thread(model.encode, image, generation)
+                encoded = await asyncio.to_thread(generator.encode, image, generation)
                 yield Partial(image_index, partial_index, encoded)
         try:
             yield Result(task.result())

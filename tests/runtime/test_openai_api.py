@@ -176,15 +176,15 @@ def failing_runtime(tiny_model) -> Iterator[str]:
     memory after its first step: a failure that comes after the stream has started."""
     model = DiffusersModel("model", RuntimeSettings(model_id=tiny_model))
     model.load()
-    assert model.engine is not None
-    generate = model.engine.generate
+    engine = model.serving().engine
+    generate = engine.generate
 
     async def out_of_memory(generation, request_id, on_progress=None, on_partial=None):
         if on_progress is not None:
             on_progress(1, generation.num_inference_steps)
         raise DeviceOutOfMemory("the device ran out of memory (test)")
 
-    model.engine.generate = out_of_memory  # type: ignore[method-assign]
+    engine.generate = out_of_memory  # type: ignore[method-assign]
     app = FastAPI()
     register_openai_routes(app, model)
     port = free_port()
@@ -194,7 +194,7 @@ def failing_runtime(tiny_model) -> Iterator[str]:
     while not server.started:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
-    model.engine.generate = generate  # type: ignore[method-assign]
+    engine.generate = generate  # type: ignore[method-assign]
     server.should_exit = True
     thread.join(10)
 
