@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         parents=[model_server.parser],
         description="Serve a diffusers pipeline with KServe. Configuration: environment "
-        "variables (see README); KServe's own flags work as usual.",
+        "variables (see docs/runtime.md); KServe's own flags work as usual.",
     )
     # --model_name beats MODEL_NAME, which beats KServe's default.
     parser.set_defaults(model_name=settings.model_name)

@@ -3,7 +3,8 @@
 `StableDiffusion3InpaintPipeline` runs only a transformer with 16 input channels (it blends the
 source's latents outside the mask at every step) or 33 (a dedicated inpainting model). Our
 latents carry 8 channels of picture, and a 16-channel model trained from scratch drew worse
-(README: the 16-channel retrain). So the shipped model carries each trained channel twice:
+(docs/default-model.md: the 16-channel retrain). So the shipped model carries each trained
+channel twice:
 
 - the encoder writes z / sqrt(2) into both copies, and the decoder reads their sum / sqrt(2);
 - the transformer's patch embedding reads the copies' sum / sqrt(2), and its output gives each

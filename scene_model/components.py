@@ -178,7 +178,7 @@ def autoencoder() -> AutoencoderKL:
 def scheduler() -> FlowMatchEulerDiscreteScheduler:
     # SD3's own shift of 3: more of the 20 steps at high noise, where the layout is decided.
     # Measured on held-out prompts, shift 3 draws kinds 1.2 points better than shift 1 and as
-    # well as 6; 0.5 is worse in every attribute (README).
+    # well as 6; 0.5 is worse in every attribute (docs/default-model.md).
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
 
 

@@ -52,11 +52,12 @@ class Plan:
     # Constant after the warm-up, then down to zero over the last steps: the decay is where a
     # constant-rate run collects most of its remaining gain. Over the last 5,000 of 13,500 steps
     # it drew shape colours 90% right and kinds 60%, over the last 1,000 86% and 55%; 1,000
-    # more steps in the decay took kinds from 73% to 78% (README).
+    # more steps in the decay took kinds from 73% to 78% (docs/default-model.md).
     denoiser_decay: int = 6000
     # Loss weight on the latents of the shape and one latent pixel around it, during the decay:
     # the shape is a few percent of the latents, so unweighted its outline is a few percent of
-    # the loss. 5x drew kinds 73% right against 64% unweighted, 10x no better (README).
+    # the loss. 5x drew kinds 73% right against 64% unweighted, 10x no better
+    # (docs/default-model.md).
     decay_shape_weight: float = 5.0
     # Weight of the caption heads' loss against the denoiser's (see `CaptionHeads`); 0 trains
     # without them. 0.1 is the only weight tried: the five heads start at about 10 (chance)
@@ -215,9 +216,9 @@ def balance_channels(vae, plan: Plan) -> None:
     SD3 scales all channels by one factor, so a channel spread wider than the rest stands out
     of the noise earlier in sampling, a narrower one later. The shape-weighted autoencoder's
     channels spread from 0.57 to 2.45; with them balanced its denoiser drew colours 88% right
-    against 50% (README). Multiplying a channel's mean by g multiplies its spread by g and its
-    variance by g squared; the decoder divides by g before anything else, so it decodes the
-    same pictures.
+    against 50% (docs/default-model.md). Multiplying a channel's mean by g multiplies its
+    spread by g and its variance by g squared; the decoder divides by g before anything else,
+    so it decodes the same pictures.
     """
     with torch.no_grad():
         gain = 1 / _statistics_latents(vae, plan).std(dim=(0, 2, 3))
@@ -349,7 +350,8 @@ class CaptionHeads(torch.nn.Module):
     Trained by the denoiser's loss alone, the text encoders of the shape-weighted autoencoder's
     runs never learnt which named colour is the background's, and the pictures swapped the two
     colours (background 87% right at best). A pooled vector these heads can read states every
-    attribute apart: with them the same run drew colours 100% right and kinds 92% (README).
+    attribute apart: with them the same run drew colours 100% right and kinds 92%
+    (docs/default-model.md).
     Not exported.
     """
 
@@ -487,7 +489,7 @@ def trained_pipeline(work: Path, vae):
     """The pipeline with the weights of the latest denoiser checkpoint.
 
     Not an average of recent weights (EMA): at the end of a long decay to a zero rate the
-    weights have settled, and an EMA over the last 1,000 steps drew worse (README).
+    weights have settled, and an EMA over the last 1,000 steps drew worse (docs/default-model.md).
     """
     pipe = fresh_pipeline(vae)
     state = torch.load(work / "denoiser.pt", weights_only=False)

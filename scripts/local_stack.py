@@ -34,7 +34,7 @@ from scripts.servers import (
 # by MODEL_ID keeps the runtime's own default unless DEFAULT_GUIDANCE_SCALE says otherwise.
 DEFAULT_MODEL_GUIDANCE = "4"
 # With the shape's place named: left free, the default model draws the asked kind far less
-# often (49% against 80%, README "How well it draws").
+# often (49% against 80%, docs/default-model.md "How well it draws").
 FIRST_PROMPT = "a red circle in the center on a blue background"
 FIRST_PICTURE = REPO / ".cache" / "first-picture.png"
 # The default model knows only its scene language; these show what it can draw.

@@ -40,7 +40,7 @@ def hostile_server(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The hostile inputs tried, by class: the figures the README's table reports."""
+    """The hostile inputs tried, by class: the figures docs/reliability.md reports."""
     from tests.reliability.hostile import TRIED
 
     if TRIED:

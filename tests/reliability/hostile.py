@@ -6,5 +6,5 @@ from collections import Counter
 
 TOKEN = "reliability-token-4b1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# Inputs tried per class, printed at the end of the session for the README's table.
+# Inputs tried per class, printed at the end of the session for docs/reliability.md.
 TRIED: Counter[str] = Counter()
