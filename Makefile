@@ -129,14 +129,19 @@ need_cluster_env = $(if $(filter dev staging production,$(ENV_DIR)),,$(error ENV
 # runtime image instead of downloading segmind/tiny-sd (air-gapped clusters).
 overlay = $(1)$(if $(and $(filter tiny-sd,$(1)),$(filter 1 true yes,$(EMBEDDED_MODEL))),-embedded)
 
+# Server-side apply: each field has an owner, so a deploy changes only the fields the manifests
+# set. The replica counts that the HPA (MCP server) and KEDA (runtime) own are set by no
+# manifest, and a second deploy of an unchanged overlay changes nothing live.
+APPLY = apply --server-side --field-manager=diffusers-mcp
+
 define deploy_runtime
-	$(call run,$(KUBECTL) apply -k kustomize/runtime/overlays/$(call overlay,$(1)))
+	$(call run,$(KUBECTL) $(APPLY) -k kustomize/runtime/overlays/$(call overlay,$(1)))
 	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) wait --for=condition=Ready inferenceservice/$(1) --timeout=$(ISVC_TIMEOUT))
 endef
 
 define deploy_mcp
 	$(need_domain)
-	$(call run,$(KUBECTL) kustomize kustomize/overlays/$(1) | sed -e "s/$(PLACEHOLDER_DOMAIN)/$(CLUSTER_DOMAIN)/g" | $(KUBECTL) apply -f -)
+	$(call run,$(KUBECTL) kustomize kustomize/overlays/$(1) | sed -e "s/$(PLACEHOLDER_DOMAIN)/$(CLUSTER_DOMAIN)/g" | $(KUBECTL) $(APPLY) -f -)
 	$(call run,$(KUBECTL) -n $(call mcp_namespace,$(1)) rollout status deployment/mcp-server --timeout=$(ROLLOUT_TIMEOUT))
 	$(call run,$(KUBECTL) -n $(call mcp_namespace,$(1)) get route mcp-server -o custom-columns=URL:.spec.host)
 endef

@@ -45,6 +45,10 @@ def test_containerfile_targets():
     assert "ARG TORCH_VERSION=2.13.0" in runtime
 
 
+# Server-side: a field the HPA or KEDA owns (the replica count) is never overwritten.
+APPLY = "apply --server-side --field-manager=diffusers-mcp"
+
+
 def make(*args: str) -> list[str]:
     result = subprocess.run(
         ["make", "--no-print-directory", "-C", str(REPO), "DRY_RUN=1", "KUBECTL=oc", *args],
@@ -66,10 +70,11 @@ def make(*args: str) -> list[str]:
 )
 def test_deploy_with_diffusers_prints_runtime_first_then_server(target, model, env):
     assert make(target) == [
-        f"oc apply -k kustomize/runtime/overlays/{model}",
+        f"oc {APPLY} -k kustomize/runtime/overlays/{model}",
         f"oc -n default wait --for=condition=Ready inferenceservice/{model} --timeout=30m",
         f"oc kustomize kustomize/overlays/{env}"
-        ' | sed -e "s/apps.cluster.example.com/apps.cluster.example.com/g" | oc apply -f -',
+        ' | sed -e "s/apps.cluster.example.com/apps.cluster.example.com/g"'
+        f" | oc {APPLY} -f -",
         f"oc -n mcp-server-{env} rollout status deployment/mcp-server --timeout=15m",
         f"oc -n mcp-server-{env} get route mcp-server -o custom-columns=URL:.spec.host",
     ]
@@ -78,12 +83,12 @@ def test_deploy_with_diffusers_prints_runtime_first_then_server(target, model, e
 def test_embedded_model_switch_deploys_the_dev_runtime_without_a_download():
     lines = make("deploy-with-diffusers-dev", "EMBEDDED_MODEL=1")
     assert lines[:2] == [
-        "oc apply -k kustomize/runtime/overlays/tiny-sd-embedded",
+        f"oc {APPLY} -k kustomize/runtime/overlays/tiny-sd-embedded",
         "oc -n default wait --for=condition=Ready inferenceservice/tiny-sd --timeout=30m",
     ]
     # Production's model is not the embedded one: the switch leaves it alone.
     assert make("deploy-with-diffusers-prod", "EMBEDDED_MODEL=1")[0] == (
-        "oc apply -k kustomize/runtime/overlays/redhat-dog"
+        f"oc {APPLY} -k kustomize/runtime/overlays/redhat-dog"
     )
 
 
