@@ -297,7 +297,7 @@ class Discovery:
             if exc.status == 403:
                 return (
                     f"forbidden (HTTP 403): this server's ServiceAccount may not {verb}{detail}. "
-                    f"Grant get, list and watch on {resource} in namespace {namespace} (the "
+                    f"Grant list on {resource} in namespace {namespace} (the "
                     "Role and RoleBinding diffusers-mcp-discovery in kustomize/runtime/base), "
                     "or remove the namespace from DISCOVERY_NAMESPACES."
                 )

@@ -4,9 +4,12 @@ finds the InferenceService of the runtime overlay it is deployed with."""
 
 from __future__ import annotations
 
+import ast
+
 from tests.deploy.manifests import (
     KUSTOMIZE,
     MCP_ENVS,
+    REPO,
     config,
     find,
     mcp_dir,
@@ -15,6 +18,30 @@ from tests.deploy.manifests import (
     runtime_dir,
 )
 from tests.deploy.test_tooling import make
+
+# The Kubernetes client's method prefixes and the RBAC verb each needs.
+VERBS = {"list_": "list", "read_": "get", "get_": "get", "watch": "watch", "create_": "create"}
+
+
+def verbs_the_code_calls() -> set[str]:
+    """The RBAC verbs of every call discovery makes on its Kubernetes client (`self._api`)."""
+    tree = ast.parse((REPO / "mcp_server" / "discovery.py").read_text())
+    called = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and ast.unparse(node.func.value) == "self._api"
+    }
+    assert called, "discovery makes no Kubernetes call: this test reads the wrong module"
+    unknown = sorted(name for name in called if not name.startswith(tuple(VERBS)))
+    assert not unknown, f"add the RBAC verb of {unknown} to VERBS"
+    verbs = {verb for name in called for prefix, verb in VERBS.items() if name.startswith(prefix)}
+    # A list call with watch=True is a watch.
+    if any(isinstance(node, ast.keyword) and node.arg == "watch" for node in ast.walk(tree)):
+        verbs.add("watch")
+    return verbs
+
 
 EVERY_TREE = [
     KUSTOMIZE / "base",
@@ -33,7 +60,7 @@ def test_the_role_only_reads_inference_services_and_their_endpoints(model_docs):
     assert slices["apiGroups"] == ["discovery.k8s.io"]
     assert slices["resources"] == ["endpointslices"]
     for rule in (isvcs, slices):
-        assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+        assert rule["verbs"] == sorted(verbs_the_code_calls())
         assert set(rule) == {"apiGroups", "resources", "verbs"}
     # Namespaced: the grant covers the runtime namespace only.
     assert (
