@@ -396,3 +396,13 @@ def test_a_second_deploy_of_an_unchanged_overlay_changes_nothing(tree):
     for hpa in find(docs, "HorizontalPodAutoscaler"):
         target = one(docs, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
         assert "replicas" not in target["spec"], tree
+
+
+@pytest.mark.parametrize("env", MCP_ENVS)
+def test_each_mcp_namespace_enforces_the_restricted_pod_security_profile(env):
+    (namespace,) = find(render(mcp_dir(env)), "Namespace")
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    # OpenShift's synchroniser would otherwise set them from the SCCs.
+    assert labels["security.openshift.io/scc.podSecurityLabelSync"] == "false"
