@@ -12,7 +12,7 @@ import re
 import pytest
 from cloudcoil.models.keda.v1alpha1 import TriggerAuthentication
 from cloudcoil.models.prometheus_operator.v1 import PodMonitor
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from diffusers_runtime import metrics
 from tests.deploy.manifests import (
@@ -42,6 +42,15 @@ def external_metric(docs: list[dict]) -> dict:
     return metric["external"]
 
 
+class BoundServiceAccountToken(BaseModel):
+    """KEDA 2.17's spec.boundServiceAccountToken entry, which the generated models (KEDA
+    2.16.1, the newest on PyPI) do not know yet."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameter: str
+    serviceAccountName: str
+
+
 def crd_problems(document: dict, model: type[BaseModel]) -> list[str]:
     """Errors of DOCUMENT read as MODEL, and the fields it does not know: the generated
     models ignore unknown fields, so what does not come back out unchanged is unknown."""
@@ -58,7 +67,10 @@ def crd_problems(document: dict, model: type[BaseModel]) -> list[str]:
     [("PodMonitor", PodMonitor), ("TriggerAuthentication", TriggerAuthentication)],
 )
 def test_new_kinds_match_their_crd_models(docs, kind, model):
-    assert crd_problems(one(docs, kind), model) == []
+    document = copy.deepcopy(one(docs, kind))
+    for entry in document["spec"].pop("boundServiceAccountToken", []):
+        BoundServiceAccountToken.model_validate(entry)
+    assert crd_problems(document, model) == []
 
 
 def test_crd_models_reject_unknown_and_missing_fields(docs):
@@ -67,8 +79,11 @@ def test_crd_models_reject_unknown_and_missing_fields(docs):
     monitor["spec"]["podMetricsEndpoint"] = monitor["spec"].pop("podMetricsEndpoints")
     assert crd_problems(monitor, PodMonitor) != []
     auth = copy.deepcopy(one(docs, "TriggerAuthentication"))
-    del auth["spec"]["secretTargetRef"][0]["key"]
+    del auth["spec"]["boundServiceAccountToken"]
+    del auth["spec"]["configMapTargetRef"][0]["key"]
     assert crd_problems(auth, TriggerAuthentication) != []
+    with pytest.raises(ValidationError):
+        BoundServiceAccountToken.model_validate({"parameter": "bearerToken", "name": "x"})
 
 
 def test_kserve_creates_a_keda_scaled_object_in_raw_deployment(docs):
@@ -104,16 +119,32 @@ def test_the_query_reads_this_runtimes_own_queue_metrics_from_thanos(docs):
 def test_keda_authenticates_as_an_account_that_may_read_the_metrics(docs):
     auth_ref = external_metric(docs)["authenticationRef"]
     assert auth_ref["authModes"] == "bearer"
-    trigger_auth = one(docs, "TriggerAuthentication", auth_ref["authenticationRef"]["name"])
-    refs = {r["parameter"]: r for r in trigger_auth["spec"]["secretTargetRef"]}
-    assert (refs["bearerToken"]["key"], refs["ca"]["key"]) == ("token", "ca.crt")
-    secret = one(docs, "Secret", refs["bearerToken"]["name"])
-    assert refs["ca"]["name"] == secret["metadata"]["name"]
-    account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    spec = one(docs, "TriggerAuthentication", auth_ref["authenticationRef"]["name"])["spec"]
+    # A bound token KEDA requests when it needs one, which expires: no token Secret exists.
+    assert "secretTargetRef" not in spec and find(docs, "Secret") == []
+    ((token,),) = [spec["boundServiceAccountToken"]]
+    assert token["parameter"] == "bearerToken"
+    account = token["serviceAccountName"]
     assert one(docs, "ServiceAccount", account)
+    (ca,) = spec["configMapTargetRef"]
+    assert (ca["parameter"], ca["name"], ca["key"]) == (
+        "ca",
+        "openshift-service-ca.crt",
+        "service-ca.crt",
+    )
+    requester = one(docs, "Role", "diffusers-runtime-autoscaler-token-requester")
+    assert requester["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts/token"],
+            "resourceNames": [account],
+            "verbs": ["create"],
+        }
+    ]
+    namespace = one(docs, "ServiceAccount", account)["metadata"]["namespace"]
     binding = one(docs, "RoleBinding", "diffusers-runtime-metrics-reader")
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account, "namespace": secret["metadata"]["namespace"]}
+        {"kind": "ServiceAccount", "name": account, "namespace": namespace}
     ]
     role = one(docs, "Role", binding["roleRef"]["name"])
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]

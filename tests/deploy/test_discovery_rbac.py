@@ -73,10 +73,12 @@ def test_no_cluster_wide_or_other_grants():
     for tree in EVERY_TREE:
         docs = render(tree)
         assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
-        # The discovery Role, and where the runtime autoscales, the metrics reader's.
+        # The discovery Role, and where the runtime autoscales, the metrics reader's and KEDA's
+        # right to request that reader's bound tokens.
         assert {r["metadata"]["name"] for r in find(docs, "Role")} <= {
             "diffusers-mcp-discovery",
             "diffusers-runtime-metrics-reader",
+            "diffusers-runtime-autoscaler-token-requester",
         }, tree
 
 
