@@ -99,7 +99,11 @@ ifeq ($(origin CONTAINER_ENGINE),undefined)
 CONTAINER_ENGINE := $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null || echo podman)
 endif
 , := ,
-RUNTIME_NAMESPACE ?= default
+# Each model's namespace: tiny-sd (dev, staging) in default; the production runtime in a
+# namespace of its own, which no other environment may list or reach.
+RUNTIME_NAMESPACE_tiny-sd ?= default
+RUNTIME_NAMESPACE_redhat-dog ?= diffusers-production
+runtime_namespace = $(RUNTIME_NAMESPACE_$(1))
 ISVC_TIMEOUT ?= 30m
 ROLLOUT_TIMEOUT ?= 15m
 IMAGE_REPO ?= quay.io/diffusers-mcp
@@ -136,7 +140,7 @@ APPLY = apply --server-side --field-manager=diffusers-mcp
 
 define deploy_runtime
 	$(call run,$(KUBECTL) $(APPLY) -k kustomize/runtime/overlays/$(call overlay,$(1)))
-	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) wait --for=condition=Ready inferenceservice/$(1) --timeout=$(ISVC_TIMEOUT))
+	$(call run,$(KUBECTL) -n $(call runtime_namespace,$(1)) wait --for=condition=Ready inferenceservice/$(1) --timeout=$(ISVC_TIMEOUT))
 endef
 
 define deploy_mcp
@@ -181,9 +185,9 @@ undeploy-staging: ## Delete the staging MCP server and its namespace
 undeploy-prod: ## Delete the production MCP server and its namespace
 	$(call run,$(KUBECTL) delete -k kustomize/overlays/production --ignore-not-found)
 undeploy-runtime-tiny-sd: ## Delete the tiny-sd InferenceService
-	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) delete inferenceservice tiny-sd --ignore-not-found)
+	$(call run,$(KUBECTL) -n $(call runtime_namespace,tiny-sd) delete inferenceservice tiny-sd --ignore-not-found)
 undeploy-runtime-redhat-dog: ## Delete the redhat-dog InferenceService
-	$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) delete inferenceservice redhat-dog --ignore-not-found)
+	$(call run,$(KUBECTL) -n $(call runtime_namespace,redhat-dog) delete inferenceservice redhat-dog --ignore-not-found)
 
 .PHONY: render
 render: install ## Print the manifests of ENV (MCP overlay, then its runtime overlay)
@@ -219,13 +223,13 @@ endif
 .PHONY: check-services
 check-services: ## Show the runtime and MCP server objects of ENV, their endpoints, configured URL and discovered models
 	$(need_cluster_env)
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get inferenceservice $(RUNTIME_$(ENV_DIR)))
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get service$(,)endpoints $(RUNTIME_$(ENV_DIR))-predictor)
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get pods -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)))
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get inferenceservice $(RUNTIME_$(ENV_DIR)))
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get service$(,)endpoints $(RUNTIME_$(ENV_DIR))-predictor)
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get pods -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)))
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get deployment$(,)pods$(,)service$(,)endpoints$(,)route$(,)networkpolicy -l app.kubernetes.io/part-of=diffusers-mcp)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get configmap -l app.kubernetes.io/name=mcp-server -o custom-columns=CONFIGMAP:.metadata.name$(,)DIFFUSERS_RUNTIME_URL:.data.DIFFUSERS_RUNTIME_URL)
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get inferenceservice -l diffusers-mcp.io/expose=true)
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) get role$(,)rolebinding diffusers-mcp-discovery)
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get inferenceservice -l diffusers-mcp.io/expose=true)
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get role$(,)rolebinding diffusers-mcp-discovery)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) exec -i deploy/mcp-server -c mcp-server -- python - models < deploy/checks.py)
 
 .PHONY: logs
@@ -233,7 +237,7 @@ logs: ## Recent logs of ENV: readiness gate, MCP server, runtime
 	$(need_cluster_env)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) logs deploy/mcp-server -c wait-for-runtime --tail=50)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) logs deploy/mcp-server -c mcp-server --tail=200)
-	-$(call run,$(KUBECTL) -n $(RUNTIME_NAMESPACE) logs -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)) -c kserve-container --tail=200)
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) logs -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)) -c kserve-container --tail=200)
 
 .PHONY: images
 images: ## Build both images with podman (or docker): RUNTIME_VARIANT=cpu|cuda, IMAGE_REPO, IMAGE_TAG

@@ -20,6 +20,12 @@ BIN = Path(sys.executable).parent
 MCP_ENVS = {"dev": "tiny-sd", "staging": "tiny-sd", "production": "redhat-dog"}
 # tiny-sd-embedded: the same InferenceService serving the model the runtime image carries.
 RUNTIMES = ("tiny-sd", "tiny-sd-embedded", "redhat-dog")
+# Where each runtime overlay puts its objects: production's runtime has a namespace of its own.
+RUNTIME_NAMESPACES = {
+    "tiny-sd": "default",
+    "tiny-sd-embedded": "default",
+    "redhat-dog": "diffusers-production",
+}
 
 
 def tool(name: str) -> str:

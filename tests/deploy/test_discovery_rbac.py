@@ -94,9 +94,11 @@ def test_the_binding_names_each_mcp_servers_own_account(env, mcp_docs, runtime_d
     account = one(mcp_docs, "ServiceAccount")["metadata"]
     subject = {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
     assert subject in binding["subjects"]
-    # Only MCP server accounts, one per MCP namespace; never a group or a user.
+    # Only the MCP server accounts of the environments that use this runtime; never a group
+    # or a user, never another environment's.
     assert {s["kind"] for s in binding["subjects"]} == {"ServiceAccount"}
-    assert {s["namespace"] for s in binding["subjects"]} == {f"mcp-server-{e}" for e in MCP_ENVS}
+    users = {f"mcp-server-{e}" for e, model in MCP_ENVS.items() if model == MCP_ENVS[env]}
+    assert {s["namespace"] for s in binding["subjects"]} == users
     spec = one(mcp_docs, "Deployment")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == account["name"]
     assert spec["automountServiceAccountToken"] is True

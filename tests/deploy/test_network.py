@@ -11,6 +11,7 @@ import pytest
 
 from tests.deploy.manifests import (
     MCP_ENVS,
+    RUNTIME_NAMESPACES,
     mcp_dir,
     nca_connections,
     render_text,
@@ -21,7 +22,7 @@ from tests.deploy.manifests import (
 MCP = "mcp-server[Deployment]"
 STAND_INS = {
     # The predictor pod as KServe labels it from the InferenceService's predictor.labels.
-    "default/predictor": {"app.kubernetes.io/name": "diffusers-runtime"},
+    "{runtime_ns}/predictor": {"app.kubernetes.io/name": "diffusers-runtime"},
     "openshift-ingress/router": {},
     "openshift-dns/dns": {},
     "openshift-user-workload-monitoring/prometheus": {},
@@ -34,9 +35,12 @@ STAND_INS = {
 @functools.cache
 def connectivity(env: str) -> dict[tuple[str, str], str]:
     """{(source, destination): allowed connection} for the MCP overlay ENV with its runtime."""
-    mcp_ns = f"mcp-server-{env}"
+    mcp_ns, runtime_ns = f"mcp-server-{env}", RUNTIME_NAMESPACES[MCP_ENVS[env]]
     rendered = render_text(mcp_dir(env)) + "---\n" + render_text(runtime_dir(MCP_ENVS[env]))
-    pods = [stand_in_pod(ref.format(mcp_ns=mcp_ns), labels) for ref, labels in STAND_INS.items()]
+    pods = [
+        stand_in_pod(ref.format(mcp_ns=mcp_ns, runtime_ns=runtime_ns), labels)
+        for ref, labels in STAND_INS.items()
+    ]
     return {
         (source.removeprefix(f"{mcp_ns}/"), destination.removeprefix(f"{mcp_ns}/")): allowed
         for source, destination, allowed in nca_connections(rendered, pods, {mcp_ns, "kube-system"})
@@ -48,8 +52,13 @@ def edges(env):
     return connectivity(env)
 
 
-def test_mcp_reaches_the_runtime_on_its_port_only(edges):
-    assert edges[(MCP, "default/predictor[Pod]")] == "{protocols:TCP,dst_ports:8080}"
+@pytest.fixture
+def predictor(env):
+    return f"{RUNTIME_NAMESPACES[MCP_ENVS[env]]}/predictor[Pod]"
+
+
+def test_mcp_reaches_the_runtime_on_its_port_only(edges, predictor):
+    assert edges[(MCP, predictor)] == "{protocols:TCP,dst_ports:8080}"
 
 
 def test_mcp_reaches_cluster_dns(edges):
@@ -58,12 +67,12 @@ def test_mcp_reaches_cluster_dns(edges):
     assert re.search(r"\b53\b", allowed) and "5353" in allowed
 
 
-def test_only_mcp_namespaces_and_monitoring_reach_the_runtime(edges):
-    sources = {src for (src, dst) in edges if dst == "default/predictor[Pod]"}
+def test_only_mcp_namespaces_and_monitoring_reach_the_runtime(edges, predictor):
+    sources = {src for (src, dst) in edges if dst == predictor}
     assert sources == {MCP, "openshift-user-workload-monitoring/prometheus[Pod]"}
-    assert edges[
-        ("openshift-user-workload-monitoring/prometheus[Pod]", "default/predictor[Pod]")
-    ] == ("{protocols:TCP,dst_ports:8080}")
+    assert edges[("openshift-user-workload-monitoring/prometheus[Pod]", predictor)] == (
+        "{protocols:TCP,dst_ports:8080}"
+    )
 
 
 def test_only_the_router_and_own_namespace_reach_mcp(edges):
@@ -73,7 +82,7 @@ def test_only_the_router_and_own_namespace_reach_mcp(edges):
         assert edges[(source, MCP)] == "{protocols:TCP,dst_ports:8080}"
 
 
-def test_mcp_egress_is_dns_runtime_api_server_and_image_store_only(env, edges):
+def test_mcp_egress_is_dns_runtime_api_server_and_image_store_only(env, edges, predictor):
     destinations = {dst for (src, dst) in edges if src == MCP}
     # Addresses outside the pod network: the Kubernetes API server's endpoints on 6443 (model
     # discovery; they are node or external addresses) and, in production, the S3 image store
@@ -83,7 +92,45 @@ def test_mcp_egress_is_dns_runtime_api_server_and_image_store_only(env, edges):
     assert external
     assert all(edges[(MCP, dst)] == f"{{protocols:TCP,dst_ports:{ports}}}" for dst in external)
     assert destinations - external == {
-        "default/predictor[Pod]",
+        predictor,
         "openshift-dns/dns[Pod]",
         "kube-system/kube-dns-livesim[Pod]",
     }
+
+
+@functools.cache
+def one_cluster() -> dict[tuple[str, str], str]:
+    """Every MCP overlay and both runtimes applied to one shared cluster, with stand-ins for
+    the two predictors' pods: {(source, destination): allowed connection}."""
+    trees = [*map(mcp_dir, MCP_ENVS), runtime_dir("tiny-sd"), runtime_dir("redhat-dog")]
+    rendered = "---\n".join(render_text(tree) for tree in trees)
+    pods = [
+        stand_in_pod(
+            f"{RUNTIME_NAMESPACES[model]}/{model}-predictor",
+            {
+                "app.kubernetes.io/name": "diffusers-runtime",
+                "serving.kserve.io/inferenceservice": model,
+            },
+        )
+        for model in ("tiny-sd", "redhat-dog")
+    ]
+    namespaces = {f"mcp-server-{env}" for env in MCP_ENVS} | {"kube-system"}
+    return {
+        (src, dst): allowed for src, dst, allowed in nca_connections(rendered, pods, namespaces)
+    }
+
+
+@pytest.mark.parametrize("env", MCP_ENVS)
+def test_on_a_shared_cluster_each_environment_reaches_only_its_own_runtime(env):
+    edges = one_cluster()
+    mcp = f"mcp-server-{env}/mcp-server[Deployment]"
+    reached = {dst for (src, dst) in edges if src == mcp and dst.endswith("-predictor[Pod]")}
+    model = MCP_ENVS[env]
+    assert reached == {f"{RUNTIME_NAMESPACES[model]}/{model}-predictor[Pod]"}
+    # And the other way round: the predictor admits no other environment's MCP server.
+    for other in MCP_ENVS:
+        if MCP_ENVS[other] != model:
+            other_runtime = (
+                f"{RUNTIME_NAMESPACES[MCP_ENVS[other]]}/{MCP_ENVS[other]}-predictor[Pod]"
+            )
+            assert (mcp, other_runtime) not in edges

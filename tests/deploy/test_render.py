@@ -15,6 +15,7 @@ import yaml
 from tests.deploy.manifests import (
     KUSTOMIZE,
     MCP_ENVS,
+    RUNTIME_NAMESPACES,
     RUNTIMES,
     find,
     mcp_dir,
@@ -70,11 +71,13 @@ def test_runtime_overlay_objects(model_docs):
     (isvc,) = [d["metadata"]["name"] for d in model_docs if d["kind"] == "InferenceService"]
     expected = ["InferenceService", "NetworkPolicy", "Role", "RoleBinding", "ServingRuntime"]
     if isvc == "redhat-dog":
-        expected += ["NetworkPolicy", "PodMonitor", "Role", "RoleBinding", "ServiceAccount"]
+        expected += ["Namespace", "NetworkPolicy", "PodMonitor", "Role", "RoleBinding"]
+        expected += ["ServiceAccount"]
         # KEDA may request this account's bound tokens (no token Secret).
         expected += ["Role", "RoleBinding", "TriggerAuthentication"]
     assert kinds == sorted(expected)
-    assert {d["metadata"]["namespace"] for d in model_docs} == {"default"}
+    namespaced = [d for d in model_docs if d["kind"] != "Namespace"]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {RUNTIME_NAMESPACES[isvc]}
 
 
 def _kubernetes_validate(docs: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:

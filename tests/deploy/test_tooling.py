@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.deploy.manifests import REPO, tool
+from tests.deploy.manifests import REPO, RUNTIME_NAMESPACES, tool
 
 CONTAINERFILE = REPO / "Containerfile"
 
@@ -71,7 +71,8 @@ def make(*args: str) -> list[str]:
 def test_deploy_with_diffusers_prints_runtime_first_then_server(target, model, env):
     assert make(target) == [
         f"oc {APPLY} -k kustomize/runtime/overlays/{model}",
-        f"oc -n default wait --for=condition=Ready inferenceservice/{model} --timeout=30m",
+        f"oc -n {RUNTIME_NAMESPACES[model]} wait --for=condition=Ready inferenceservice/{model}"
+        " --timeout=30m",
         f"oc kustomize kustomize/overlays/{env}"
         ' | sed -e "s/apps.cluster.example.com/apps.cluster.example.com/g"'
         f" | oc {APPLY} -f -",
@@ -109,8 +110,8 @@ def test_cluster_domain_replaces_the_placeholder():
 
 def test_checks_and_teardown_name_the_right_objects():
     assert make("check-services", "ENV=prod")[:2] == [
-        "oc -n default get inferenceservice redhat-dog",
-        "oc -n default get service,endpoints redhat-dog-predictor",
+        "oc -n diffusers-production get inferenceservice redhat-dog",
+        "oc -n diffusers-production get service,endpoints redhat-dog-predictor",
     ]
     assert make("test-connectivity", "ENV=staging") == [
         "oc -n mcp-server-staging exec -i deploy/mcp-server -c mcp-server"

@@ -11,7 +11,7 @@ import functools
 from tests.deploy.manifests import mcp_dir, nca_connections, render_text, runtime_dir, stand_in_pod
 
 PREDICTORS = {
-    "default/redhat-dog-predictor": {
+    "diffusers-production/redhat-dog-predictor": {
         "app.kubernetes.io/name": "diffusers-runtime",
         "serving.kserve.io/inferenceservice": "redhat-dog",
     },
@@ -27,7 +27,7 @@ PREDICTORS = {
 @functools.cache
 def runtime_egress() -> dict[str, set[str]]:
     """{predictor: destinations it may reach} with both runtime overlays applied together,
-    as in a cluster running dev and production against namespace default."""
+    as in a cluster running dev and production (each runtime in its own namespace)."""
     rendered = "---\n".join(
         render_text(path)
         for path in (runtime_dir("redhat-dog"), runtime_dir("tiny-sd"), mcp_dir("production"))
@@ -46,7 +46,7 @@ def _is_address(destination: str) -> bool:
 
 
 def test_production_runtime_reaches_only_cluster_dns() -> None:
-    reached = runtime_egress()["default/redhat-dog-predictor[Pod]"]
+    reached = runtime_egress()["diffusers-production/redhat-dog-predictor[Pod]"]
     assert not [d for d in reached if _is_address(d)], reached  # no internet, no IP range
     assert reached == {"openshift-dns/dns[Pod]", "kube-system/kube-dns-livesim[Pod]"}
 
