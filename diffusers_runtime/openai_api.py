@@ -19,8 +19,10 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
+
+from wire.fields import ImageCount
 
 from .errors import BadRequest, RuntimeFailure, openai_error_body
 from .generator import Generator
@@ -46,7 +48,7 @@ class OpenAIFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    n: int = Field(1, ge=1)
+    n: ImageCount = 1
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
     # Accepted for compatibility: nothing is moderated here.

@@ -8,16 +8,30 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
+
+from wire.fields import (
+    MAX_SEED,
+    Background,
+    GuidanceScale,
+    ImageCount,
+    OutputCompression,
+    OutputFormat,
+    PartialImages,
+    Prompt,
+    Quality,
+    Seed,
+    Side,
+    Speed,
+    Steps,
+    Strength,
+)
 
 from .errors import BadRequest
 from .input_images import decode_image, output_size, prepare_mask, prepare_source
 
-OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["text", "image", "inpaint"]
-# OpenAI's names: gpt-image's low/medium/high/auto and DALL-E 3's standard/hd.
-Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
 Preset = Literal["low", "medium", "high"]
 PRESETS: dict[str, Preset] = {
     "low": "low",
@@ -27,13 +41,8 @@ PRESETS: dict[str, Preset] = {
     "standard": "medium",
     "hd": "high",
 }
-MAX_PARTIAL_IMAGES = 3
 # No pipeline served here draws an alpha channel: every image is opaque (transparent is refused).
 BACKGROUND = "opaque"
-MAX_SEED = 2**32 - 1
-# How much of the exact computation a request trades for time (speed.py says what each runs);
-# OpenAI's `quality` keeps its meaning, the number of steps.
-Speed = Literal["exact", "balanced", "fast"]
 
 
 class GenerationRequest(BaseModel):
@@ -41,25 +50,25 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1)
+    prompt: Prompt
     negative_prompt: str | None = None
-    width: int | None = Field(None, ge=8)
-    height: int | None = Field(None, ge=8)
-    num_inference_steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0, le=50)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    num_images: int = Field(1, ge=1)
+    width: Side | None = None
+    height: Side | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: GuidanceScale | None = None
+    seed: Seed | None = None
+    num_images: ImageCount = 1
     scheduler: str | None = None
     output_format: OutputFormat = "png"
     quality: Quality | None = None
-    output_compression: int | None = Field(None, ge=0, le=100)
-    background: Literal["opaque", "auto", "transparent"] | None = None
+    output_compression: OutputCompression | None = None
+    background: Background | None = None
     # Estimates of the final image sent while denoising; only streams carry them.
-    partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES)
+    partial_images: PartialImages = 0
     # Editing: a source image makes it image-to-image; a mask as well makes it inpainting.
     image: str | None = None
     mask_image: str | None = None
-    strength: float | None = Field(None, gt=0, le=1)
+    strength: Strength | None = None
     speed: Speed | None = None
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .request import Speed
+from wire.fields import Speed
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32", "native"]
 Offload = Literal["false", "true", "model", "sequential"]

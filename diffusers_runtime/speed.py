@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook, TaylorSeerCacheConfig, apply_taylorseer_cache
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
-from .request import Speed
+from wire.fields import Speed
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,33 @@
 """What a generation takes and gives: every field declared and described once.
 
-The MCP tools take these models' fields as their arguments and the REST bodies inherit them,
-so a new runtime parameter is one field in `PromptFields`. Unset fields take the runtime's
-defaults; the runtime checks its own limits and names the field it rejects.
+The MCP tools take these models' fields as their arguments and the REST bodies inherit them.
+Each field's type and bounds are the runtime's own (wire/fields.py); the descriptions here are
+written for the agents and people who read these schemas. Unset fields take the runtime's
+defaults; the runtime checks the limits of the model it serves and names the field it rejects.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-OutputFormat = Literal["png", "jpeg", "webp"]
+from wire.fields import (
+    Background,
+    GuidanceScale,
+    ImageCount,
+    OutputCompression,
+    OutputFormat,
+    Prompt,
+    Quality,
+    Seed,
+    Side,
+    Speed,
+    Steps,
+)
+from wire.fields import Strength as StrengthValue
+
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 Source = Annotated[
@@ -22,7 +37,7 @@ Source = Annotated[
         description="An id, image:// URI or URL from this server, or base64 PNG/JPEG/WebP.",
     ),
 ]
-Strength = Annotated[float | None, Field(gt=0, le=1, description="0.3 subtle, 0.8 heavy.")]
+Strength = Annotated[StrengthValue | None, Field(description="0.3 subtle, 0.8 heavy.")]
 
 
 class PromptFields(BaseModel):
@@ -30,25 +45,25 @@ class PromptFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, description="What the image should show.")
+    prompt: Prompt = Field(description="What the image should show.")
     negative_prompt: str | None = Field(None, description="What it should not show.")
-    num_inference_steps: int | None = Field(None, ge=1, description="More: slower, finer.")
-    guidance_scale: float | None = Field(None, ge=0, description="Prompt adherence, typically 3-9.")
-    seed: int | None = Field(None, ge=0, description="Reproduces an image.")
+    num_inference_steps: Steps | None = Field(None, description="More: slower, finer.")
+    guidance_scale: GuidanceScale | None = Field(
+        None, description="Prompt adherence, typically 3-9."
+    )
+    seed: Seed | None = Field(None, description="Reproduces an image.")
     scheduler: str | None = Field(None, description="See list_models.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
-    speed: Literal["exact", "balanced", "fast"] | None = Field(
-        None, description="Default exact; balanced, fast: quicker, see list_models."
-    )
+    speed: Speed | None = Field(None, description="Default balanced; see list_models.")
     model: str | None = Field(None, description="From list_models; default if unset.")
 
 
 class GenerationFields(PromptFields):
     """generate_image's arguments."""
 
-    width: int | None = Field(None, ge=8, description="A multiple of 8.")
-    height: int | None = Field(None, ge=8, description="A multiple of 8.")
-    num_images: int | None = Field(None, ge=1, description="Default 1.")
+    width: Side | None = Field(None, description="See list_models.")
+    height: Side | None = Field(None, description="See list_models.")
+    num_images: ImageCount | None = Field(None, description="Default 1.")
 
 
 class EditFields(BaseModel):
@@ -67,15 +82,13 @@ class OutputOptions(BaseModel):
     """OpenAI's image options, on the REST API. The MCP tools leave them out: an agent pays
     for every argument in its context and has num_inference_steps and output_format."""
 
-    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = Field(
+    quality: Quality | None = Field(
         None, description="Step preset instead of num_inference_steps (the model's quality_steps)."
     )
-    output_compression: int | None = Field(
-        None, ge=0, le=100, description="jpeg/webp encoder quality, 0-100."
+    output_compression: OutputCompression | None = Field(
+        None, description="jpeg/webp encoder quality, 0-100."
     )
-    background: Literal["opaque", "auto", "transparent"] | None = Field(
-        None, description="The models here draw opaque images."
-    )
+    background: Background | None = Field(None, description="The models here draw opaque images.")
 
 
 class ImageRequest(OutputOptions, GenerationRequest):

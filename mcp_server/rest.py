@@ -26,7 +26,6 @@ from mcp_server.generation import (
     GenerationResult,
     ImageRef,
     ImageRequest,
-    OutputFormat,
     OutputOptions,
     PromptFields,
     Strength,
@@ -35,6 +34,7 @@ from mcp_server.generation import (
 from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import ID_PATTERN
+from wire.fields import ImageCount, OutputFormat, PartialImages
 from wire.logs import request_id
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
 class OpenAIFields(OutputOptions):
     """What OpenAI's Images API names its own way, and its extras."""
 
-    n: int = Field(1, ge=1, description="Number of images.")
+    n: ImageCount = Field(1, description="Number of images.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
@@ -66,8 +66,8 @@ class OpenAIFields(OutputOptions):
     )
     style: str | None = Field(None, description="DALL-E 3's; refused: put the style in the prompt.")
     stream: bool = Field(False, description="Answer with OpenAI's server-sent image events.")
-    partial_images: int = Field(
-        0, ge=0, le=3, description="With stream: estimates of each image while it forms."
+    partial_images: PartialImages = Field(
+        0, description="With stream: estimates of each image while it forms."
     )
 
     def generation(self, **edit: str | None) -> ImageRequest:
