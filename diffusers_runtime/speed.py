@@ -133,25 +133,31 @@ class WeightedJointAttention:
         batch, image_tokens, _ = hidden_states.shape
         head_dim = attn.to_k.out_features // attn.heads
 
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        def project(states: torch.Tensor, q: Any, k: Any, v: Any, norm_q: Any, norm_k: Any) -> Any:
+            """One stream's queries, keys and values, split into heads and normed."""
+            query, key, value = (
+                proj(states).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+                for proj in (q, k, v)
+            )
+            if norm_q is not None:
+                query = norm_q(query)
+            if norm_k is not None:
+                key = norm_k(key)
+            return query, key, value
 
-        query = heads(attn.to_q(hidden_states))
-        key = heads(attn.to_k(hidden_states))
-        value = heads(attn.to_v(hidden_states))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project(
+            hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k
+        )
         bias = None
         if encoder_hidden_states is not None:
-            text_query = heads(attn.add_q_proj(encoder_hidden_states))
-            text_key = heads(attn.add_k_proj(encoder_hidden_states))
-            text_value = heads(attn.add_v_proj(encoder_hidden_states))
-            if attn.norm_added_q is not None:
-                text_query = attn.norm_added_q(text_query)
-            if attn.norm_added_k is not None:
-                text_key = attn.norm_added_k(text_key)
+            text_query, text_key, text_value = project(
+                encoder_hidden_states,
+                attn.add_q_proj,
+                attn.add_k_proj,
+                attn.add_v_proj,
+                attn.norm_added_q,
+                attn.norm_added_k,
+            )
             query = torch.cat([query, text_query], dim=2)
             key = torch.cat([key, text_key], dim=2)
             value = torch.cat([value, text_value], dim=2)
