@@ -56,13 +56,9 @@ format: install ## Ruff autofix and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The default model draws best at guidance 4 (models/default-evaluation.json), as `make run`
-# serves it (scripts/local_stack.py); only for that model, and only in this recipe.
-DEFAULT_MODEL_ENV = $(if $(filter $(abspath $(DEFAULT_MODEL)),$(MODEL_ID)),DEFAULT_GUIDANCE_SCALE=$${DEFAULT_GUIDANCE_SCALE:-4})
-
 .PHONY: run-runtime
 run-runtime: install ## Run only the diffusers runtime (MODEL_ID, default models/default) on :$(RUNTIME_PORT)
-	MODEL_ID=$(MODEL_ID) $(DEFAULT_MODEL_ENV) $(PY) -m diffusers_runtime --http_port $(RUNTIME_PORT) --enable_grpc false
+	MODEL_ID=$(MODEL_ID) $(PY) -m diffusers_runtime --http_port $(RUNTIME_PORT) --enable_grpc false
 
 .PHONY: run
 run: install ## Run the local stack (runtime + MCP server; MODEL_ID, default models/default), draw a first picture; Ctrl-C stops it

@@ -22,40 +22,52 @@ from .engine import Engine, PartialCallback, ProgressCallback
 from .errors import BadRequest, RuntimeFailure
 from .loading import LoadedPipeline, load_pipeline
 from .request import BACKGROUND, Generation, Limits, parse
+from .serving import ServedDefaults, read_serving_file, resolve_defaults
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
 
-def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine) -> Limits:
-    """The settings that are limits, under their own names, and what the pipeline decides."""
+def limits_for(
+    loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
+) -> tuple[Limits, ServedDefaults]:
+    """The settings that are limits, under their own names, and what the pipeline decides; the
+    defaults from the environment, the model folder's serving.json or the runtime (serving.py)."""
     pipe = loaded.pipe
     vae_factor = getattr(pipe, "vae_scale_factor", 8)
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
     config = getattr(denoiser, "config", {})
     patch = config.get("patch_size", 1) or 1
     sample = getattr(pipe, "default_sample_size", None) or config.get("sample_size", 64)
-    default_side = sample * vae_factor
-    while default_side * default_side > settings.max_pixels:
-        default_side //= 2
-    decided = {
-        "size_multiple": vae_factor * patch,
-        "default_width": default_side,
-        "default_height": default_side,
-        "default_steps": min(settings.default_steps, settings.max_steps),
+    size_multiple = vae_factor * patch
+    found = read_serving_file(loaded.folder) if loaded.folder else None
+    defaults = resolve_defaults(settings, found, sample * vae_factor, size_multiple)
+    decided: dict[str, Any] = {
+        "size_multiple": size_multiple,
+        "default_width": defaults.width,
+        "default_height": defaults.height,
+        "default_steps": defaults.steps,
+        "default_guidance_scale": defaults.guidance_scale,
         "schedulers": engine.scheduler_names,
         "supports_negative_prompt": (
             "negative_prompt" in inspect.signature(pipe.__call__).parameters
         ),
         "edit_modes": engine.edit_modes,
-        "quality_steps": settings.quality_steps(),
+        "quality_steps": settings.quality_steps(defaults.steps),
     }
     configured = {
         field.name: getattr(settings, field.name)
         for field in dataclasses.fields(Limits)
         if field.name not in decided
     }
-    return Limits(**configured, **decided)
+    log.info(
+        "serving defaults: %dx%d (%s), %d steps (%s), guidance %g (%s)%s",
+        defaults.width, defaults.height, defaults.sources["default_width"],
+        defaults.steps, defaults.sources["default_steps"],
+        defaults.guidance_scale, defaults.sources["default_guidance_scale"],
+        f"; model serving file {defaults.file}" if defaults.file else "",
+    )  # fmt: skip
+    return Limits(**configured, **decided), defaults
 
 
 class Generator:
@@ -71,7 +83,7 @@ class Generator:
             max_batch_size=settings.max_batch_size,
             batch_window_seconds=settings.batch_window_ms / 1000,
         )
-        self.limits: Limits = limits_for(self.loaded, settings, self.engine)
+        self.limits, self.defaults = limits_for(self.loaded, settings, self.engine)
         if self.loaded.compiled:
             sizes = settings.warmup_sizes() or [
                 (self.limits.default_width, self.limits.default_height)
@@ -100,6 +112,7 @@ class Generator:
             "speeds": self.engine.speeds.describe(),
             "max_batch_size": self.settings.max_batch_size,
             **limits,
+            **self.defaults.describe(),
             "schedulers": list(self.limits.schedulers),
             "edit_modes": {
                 mode: {"supported": reason is None, "reason": reason}

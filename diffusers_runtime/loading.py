@@ -31,6 +31,8 @@ class LoadedPipeline:
     dtype: torch.dtype
     decisions: list[str] = field(default_factory=list)
     compiled: bool = False
+    # The local folder it was loaded from (MODEL_ID, or the hub snapshot it resolved to).
+    folder: Path | None = None
 
 
 def accelerator() -> str | None:
@@ -164,6 +166,7 @@ def load_pipeline(settings: RuntimeSettings) -> LoadedPipeline:
         dtype=dtype,
         decisions=decisions,
         compiled=compiled.startswith(f"compile {settings.compile} applied"),
+        folder=folder,
     )
     log.info("loaded %s from %s", type(pipe).__name__, settings.model_id)
     for decision in decisions:

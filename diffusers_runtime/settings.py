@@ -87,9 +87,10 @@ class RuntimeSettings(BaseSettings):
             else []
         )
 
-    def quality_steps(self) -> dict[str, int]:
-        """Steps per quality preset; `auto` and DALL-E 3's `standard` / `hd` map onto them."""
-        medium = min(self.default_steps, self.max_steps)
+    def quality_steps(self, default_steps: int | None = None) -> dict[str, int]:
+        """Steps per quality preset; `auto` and DALL-E 3's `standard` / `hd` map onto them.
+        Medium is the served default: DEFAULT_STEPS, or the steps given (a model's serving.json)."""
+        medium = min(default_steps or self.default_steps, self.max_steps)
         return {
             "low": self.quality_low_steps or max(1, medium // 2),
             "medium": medium,

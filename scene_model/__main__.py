@@ -1,4 +1,4 @@
-"""`python -m scene_model train|export|evaluate|samples`: make and check the default model."""
+"""`python -m scene_model train|export|evaluate|phrasings|samples`: make and check the model."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from transformers.utils import logging as transformers_logging
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
-from . import evaluation, training  # noqa: E402
+from . import evaluation, phrasings, training  # noqa: E402
 
 WORK = Path(".cache/scene-model")
 MODEL = Path("models/default")
 REPORT = Path("models/default-evaluation.json")
+PHRASINGS_REPORT = Path("models/default-phrasings.json")
 SAMPLES = Path("docs/samples.png")
 
 
@@ -58,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--model", type=Path, default=MODEL)
     check.add_argument("--prompts", type=int, default=250)
     check.add_argument("--report", type=Path, default=REPORT)
+    phrased = commands.add_parser(
+        "phrasings", help="measure a model on ordinary phrasings outside its training grammar"
+    )
+    phrased.add_argument("--model", type=Path, default=MODEL)
+    phrased.add_argument("--prompts", type=int, default=phrasings.PROMPTS_PER_FAMILY)
+    phrased.add_argument("--family", action="append", choices=list(phrasings.FAMILIES))
+    phrased.add_argument("--report", type=Path, default=PHRASINGS_REPORT)
     samples = commands.add_parser("samples", help="draw the README's sample grid")
     samples.add_argument("--model", type=Path, default=MODEL)
     samples.add_argument("--out", type=Path, default=SAMPLES)
@@ -73,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate(args.out, 250, REPORT)
     if args.command == "evaluate":
         return evaluate(args.model, args.prompts, args.report)
+    if args.command == "phrasings":
+        report = phrasings.evaluate_phrasings(
+            _load(args.model), args.prompts, families=args.family, progress=print
+        )
+        phrasings.write_report(report, args.report)
+        print(report.markdown())
+        print(f"report: {args.report}")
     if args.command == "samples":
         prompts = evaluation.sample_grid(_load(args.model), args.out)
         print(f"{args.out}: " + json.dumps(prompts))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import channels, components, scenes
+from . import channels, components, scenes, serving
 
 SEED = 20261201
 
@@ -525,7 +525,8 @@ def train(work: Path, plan: Plan) -> None:
 def export(work: Path, out: Path, plan: Plan) -> int:
     """Save the trained weights as a diffusers folder; returns the denoiser step they are from.
 
-    The folder carries the latents in 16 channels, which SD3 inpainting needs (see `channels`).
+    The folder carries the latents in 16 channels, which SD3 inpainting needs (see `channels`),
+    and the serving defaults the runtime reads (`serving.json`, see `serving`).
     """
     vae = load_autoencoder(work, "decoder" if (work / "decoder.pt").exists() else "autoencoder")
     # The balance and the statistics are the encoder's, which the decoder stage leaves exactly
@@ -534,4 +535,5 @@ def export(work: Path, out: Path, plan: Plan) -> int:
     pipe, step = trained_pipeline(work, vae)
     channels.widen(pipe)
     pipe.save_pretrained(out, safe_serialization=True)
+    serving.write_serving_file(out)
     return step

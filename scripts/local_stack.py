@@ -30,9 +30,6 @@ from scripts.servers import (
     wait_until_ready,
 )
 
-# The default model draws best at guidance 4 (models/default-evaluation.json); a model named
-# by MODEL_ID keeps the runtime's own default unless DEFAULT_GUIDANCE_SCALE says otherwise.
-DEFAULT_MODEL_GUIDANCE = "4"
 # With the shape's place named: left free, the default model draws the asked kind far less
 # often (49% against 80%, docs/default-model.md "How well it draws").
 FIRST_PROMPT = "a red circle in the center on a blue background"
@@ -153,10 +150,6 @@ def main() -> int:
 
     default_model = Path(model_id).resolve() == DEFAULT_MODEL
     runtime_env = {"MODEL_ID": model_id, "MODEL_NAME": "model"}
-    if default_model:
-        runtime_env["DEFAULT_GUIDANCE_SCALE"] = os.environ.get(
-            "DEFAULT_GUIDANCE_SCALE", DEFAULT_MODEL_GUIDANCE
-        )
     servers: list[ServerProcess] = []
     try:
         runtime = ServerProcess(

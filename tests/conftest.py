@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from scene_model import evaluation
 from scripts.servers import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
 
 
@@ -31,9 +30,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 @pytest.fixture(scope="session")
 def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One runtime process for the whole session, serving the shipped default model."""
+    # Its serving.json gives its defaults (guidance 4, 20 steps, 128x128), as `make run` has.
     with start_runtime(
-        tmp_path_factory.mktemp("default-runtime"),
-        MODEL_ID=str(DEFAULT_MODEL),
-        DEFAULT_GUIDANCE_SCALE=str(evaluation.GUIDANCE),  # as `make run` serves it
+        tmp_path_factory.mktemp("default-runtime"), MODEL_ID=str(DEFAULT_MODEL)
     ) as server:
         yield server

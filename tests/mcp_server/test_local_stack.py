@@ -18,6 +18,8 @@ from PIL import Image
 from scene_model import analysis
 from scripts.servers import DEFAULT_MODEL, REPO, free_port
 
+FIRST = "a red circle in the center on a blue background"
+
 
 def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
     runtime_port, mcp_port = free_port(), free_port()
@@ -51,8 +53,16 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
         assert config["mcpServers"]["diffusers"]["url"] == f"http://127.0.0.1:{mcp_port}/mcp"
         assert f"curl -s http://127.0.0.1:{mcp_port}/v1/images/generations" in output
         assert httpx.get(f"http://127.0.0.1:{mcp_port}/ready", timeout=10).status_code == 200
+        # The model's own defaults and words, from its folder's serving.json, reach the model
+        # list (GET /v1/models is list_models' content) with no variable set for them.
+        (model,) = httpx.get(f"http://127.0.0.1:{mcp_port}/v1/models", timeout=10).json()["data"]
+        capabilities = model["capabilities"]
+        assert capabilities["default_guidance_scale"] == 4.0
+        assert capabilities["defaults_source"]["default_guidance_scale"] == "model"
+        assert "ring" in capabilities["vocabulary"]["shapes"]
+        assert FIRST in capabilities["example_prompts"]
         # The first picture is the one announced, saved where it says, and served at its URL.
-        assert 'First picture, "a red circle in the center on a blue background"' in output
+        assert f'First picture, "{FIRST}"' in output
         path = output.split("  file: ", 1)[1].split("\n", 1)[0]
         url = output.split("  url:  ", 1)[1].split("\n", 1)[0]
         picture = Image.open(path)
