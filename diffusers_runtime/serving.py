@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from wire.fields import GuidanceScale, Side, Steps
+
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,10 @@ class ServingFileError(SystemExit):
 class FileDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    guidance_scale: float | None = Field(None, ge=0)
-    num_inference_steps: int | None = Field(None, ge=1)
-    width: int | None = Field(None, ge=8)
-    height: int | None = Field(None, ge=8)
+    guidance_scale: GuidanceScale | None = None
+    num_inference_steps: Steps | None = None
+    width: Side | None = None
+    height: Side | None = None
 
     @model_validator(mode="after")
     def _both_sides(self) -> FileDefaults:
