@@ -172,6 +172,16 @@ def test_a_cached_tier_reports_every_step_and_says_which_tier_ran(default_runtim
     assert decode(result["images"][0]).size == (128, 128)
 
 
+def test_a_cached_tier_streams_its_partial_images(default_runtime):
+    instance = {"prompt": PROMPT, "speed": "fast", "seed": 6, "partial_images": 2}
+    with stream(default_runtime.url, instance) as response:
+        received = list(events(response))
+    partials = [data for event, data in received if event == "partial_image"]
+    assert [p["partial_image_index"] for p in partials] == [0, 1]
+    assert all(decode(p["image"]).size == (128, 128) for p in partials)
+    assert received[-1][0] == "result"
+
+
 def test_cancelling_a_cached_tier_stops_it_and_the_next_exact_request_is_unchanged(
     default_runtime,
 ):
