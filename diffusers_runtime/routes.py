@@ -27,6 +27,7 @@ NOT_OFFERED = (
     "/v2/repository/index",
     "/v1/models/{model_name}:explain",
 )
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 NOT_OFFERED_MESSAGE = (
     "{path} is not offered by this runtime: it serves one diffusers pipeline, loaded at start "
     "(MODEL_ID) and never unloaded; restart the pod to load another model"
@@ -70,7 +71,8 @@ def refuse_not_offered(app: FastAPI) -> None:
         return JSONResponse(status_code=404, content={"error": message})
 
     for path in NOT_OFFERED:
-        app.add_api_route(path, not_offered, methods=["GET", "POST"], include_in_schema=False)
+        # Every method: a 405 would name KServe's POST as allowed.
+        app.add_api_route(path, not_offered, methods=ALL_METHODS, include_in_schema=False)
     document = app.openapi
 
     def without_not_offered() -> dict[str, Any]:
