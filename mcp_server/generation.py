@@ -9,11 +9,32 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
+
+from wire.fields import MAX_GUIDANCE_SCALE, MAX_OUTPUT_COMPRESSION, MAX_SEED, MIN_SIDE
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def _whole(value: object) -> object:
+    """Counts are integers: pydantic's lax mode would read true as 1 and 2.0 as 2, which the
+    runtime refuses (a form's strings still pass, to be read as numbers)."""
+    if isinstance(value, bool | float):
+        raise ValueError(f"must be an integer, not {value!r}")
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
+    return value
+
+
+# Last in a field's Annotated: bounds placed after a validator leave the JSON schema.
+WHOLE = BeforeValidator(_whole)
+NUMBER = BeforeValidator(_number)
 
 Source = Annotated[
     str,
@@ -22,7 +43,9 @@ Source = Annotated[
         description="An id, image:// URI or URL from this server, or base64 PNG/JPEG/WebP.",
     ),
 ]
-Strength = Annotated[float | None, Field(gt=0, le=1, description="0.3 subtle, 0.8 heavy.")]
+Strength = Annotated[
+    Annotated[float, Field(gt=0, le=1), NUMBER] | None, Field(description="0.3 subtle, 0.8 heavy.")
+]
 
 
 class PromptFields(BaseModel):
@@ -32,9 +55,15 @@ class PromptFields(BaseModel):
 
     prompt: str = Field(min_length=1, description="What the image should show.")
     negative_prompt: str | None = Field(None, description="What it should not show.")
-    num_inference_steps: int | None = Field(None, ge=1, description="More: slower, finer.")
-    guidance_scale: float | None = Field(None, ge=0, description="Prompt adherence, typically 3-9.")
-    seed: int | None = Field(None, ge=0, description="Reproduces an image.")
+    num_inference_steps: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        None, description="More: slower, finer."
+    )
+    guidance_scale: Annotated[float, Field(ge=0, le=MAX_GUIDANCE_SCALE), NUMBER] | None = Field(
+        None, description="Prompt adherence, typically 3-9."
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), WHOLE] | None = Field(
+        None, description="Reproduces an image."
+    )
     scheduler: str | None = Field(None, description="See list_models.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
     speed: Literal["exact", "balanced", "fast"] | None = Field(
@@ -46,9 +75,13 @@ class PromptFields(BaseModel):
 class GenerationFields(PromptFields):
     """generate_image's arguments."""
 
-    width: int | None = Field(None, ge=8, description="A multiple of 8.")
-    height: int | None = Field(None, ge=8, description="A multiple of 8.")
-    num_images: int | None = Field(None, ge=1, description="Default 1.")
+    width: Annotated[int, Field(ge=MIN_SIDE), WHOLE] | None = Field(
+        None, description="A multiple of 8."
+    )
+    height: Annotated[int, Field(ge=MIN_SIDE), WHOLE] | None = Field(
+        None, description="A multiple of 8."
+    )
+    num_images: Annotated[int, Field(ge=1), WHOLE] | None = Field(None, description="Default 1.")
 
 
 class EditFields(BaseModel):
@@ -70,11 +103,14 @@ class OutputOptions(BaseModel):
     quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = Field(
         None, description="Step preset instead of num_inference_steps (the model's quality_steps)."
     )
-    output_compression: int | None = Field(
-        None, ge=0, le=100, description="jpeg/webp encoder quality, 0-100."
+    output_compression: Annotated[int, Field(ge=0, le=MAX_OUTPUT_COMPRESSION), WHOLE] | None = (
+        Field(None, description="jpeg/webp encoder quality, 0-100.")
     )
+    # transparent is OpenAI's, taken to say why it is refused, and not published.
     background: Literal["opaque", "auto", "transparent"] | None = Field(
-        None, description="The models here draw opaque images."
+        None,
+        description="The models here draw opaque images.",
+        json_schema_extra={"enum": ["opaque", "auto", None]},
     )
 
 

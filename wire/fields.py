@@ -1,0 +1,66 @@
+"""The request fields' bounds, for both deployables: the fixed ones, and the served model's
+limits (its capabilities) as JSON Schema keywords that the OpenAPI documents carry, so that a
+request the document calls valid is one the runtime accepts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MIN_SIDE = 8
+MAX_GUIDANCE_SCALE = 50.0
+MAX_SEED = 2**32 - 1
+MAX_PARTIAL_IMAGES = 3
+MAX_OUTPUT_COMPRESSION = 100
+
+
+def max_side(size_multiple: int, max_pixels: int) -> int:
+    """The longest side every size up to it, square included, keeps within MAX_PIXELS. JSON
+    Schema cannot bound a product, so the documents bound each side by this: the runtime
+    accepts more (e.g. a wide 2:1 size of the same pixel count), never less."""
+    side = math.isqrt(max_pixels)
+    return side - side % size_multiple
+
+
+def size_pattern(min_side: int, size_multiple: int, max_pixels: int) -> str:
+    """OpenAI's `size` ("WIDTHxHEIGHT" or auto) from MIN_SIDE to max_side, as a regular
+    expression."""
+    longest = max_side(size_multiple, max_pixels)
+    sides = "|".join(str(side) for side in range(min_side, longest + 1, size_multiple))
+    return f"^(auto|({sides})x({sides}))$"
+
+
+def limit_keywords(capabilities: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Field name -> the JSON Schema keywords the served model's CAPABILITIES (the runtime's
+    capabilities route) add to it, under both the runtime's and OpenAI's field names."""
+    multiple, pixels = capabilities["size_multiple"], capabilities["max_pixels"]
+    least = capabilities["min_side"]
+    side = {"minimum": least, "maximum": max_side(multiple, pixels), "multipleOf": multiple}
+    images = {"maximum": capabilities["max_images_per_request"]}
+    return {
+        "prompt": {"maxLength": capabilities["max_prompt_chars"]},
+        "num_inference_steps": {"maximum": capabilities["max_steps"]},
+        "width": side,
+        "height": side,
+        "size": {"pattern": size_pattern(least, multiple, pixels)},
+        "num_images": images,
+        "n": images,
+        "scheduler": {"enum": capabilities["schedulers"]},
+    }
+
+
+def with_limits(
+    schemas: dict[str, Any], names: Iterable[str], keywords: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Add KEYWORDS to the properties of those names in the request SCHEMAS NAMES (an OpenAPI
+    document's components), in place; a nullable property gets them on its non-null branch."""
+    for name in names:
+        properties = schemas[name].get("properties", {})
+        for field, extra in keywords.items():
+            prop = properties.get(field)
+            if prop is None:
+                continue
+            for branch in prop.get("anyOf", [prop]):
+                if branch.get("type") != "null":
+                    branch.update(extra)
