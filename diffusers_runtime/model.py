@@ -35,6 +35,9 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
     config = getattr(denoiser, "config", {})
     patch = config.get("patch_size", 1) or 1
     sample = getattr(pipe, "default_sample_size", None) or config.get("sample_size", 64)
+    # A UNet halves the latents at each down block but the last; below this, its deepest
+    # group norms see one value per group and fail.
+    downsamplings = len(config.get("down_block_types", ())) - 1 if hasattr(pipe, "unet") else 0
     default_side = sample * vae_factor
     while default_side * default_side > settings.max_pixels:
         default_side //= 2
@@ -44,6 +47,7 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
         max_images_per_request=settings.max_images_per_request,
         max_prompt_chars=settings.max_prompt_chars,
         size_multiple=vae_factor * patch,
+        min_side=vae_factor * patch * 2 ** max(downsamplings, 0),
         default_width=default_side,
         default_height=default_side,
         default_steps=min(settings.default_steps, settings.max_steps),
@@ -110,6 +114,7 @@ class DiffusersModel(kserve.Model):
             "max_images_per_request": limits.max_images_per_request,
             "max_prompt_chars": limits.max_prompt_chars,
             "size_multiple": limits.size_multiple,
+            "min_side": limits.min_side,
             "default_width": limits.default_width,
             "default_height": limits.default_height,
             "default_steps": limits.default_steps,
