@@ -14,6 +14,7 @@ import pytest
 
 from scene_model import evaluation
 from scripts.servers import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
+from tests.schema_checks import SMALL_LIMITS
 
 
 @pytest.fixture(scope="session")
@@ -36,4 +37,12 @@ def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         MODEL_ID=str(DEFAULT_MODEL),
         DEFAULT_GUIDANCE_SCALE=str(evaluation.GUIDANCE),  # as `make run` serves it
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def small_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny model with small limits (64x64, 2 steps, 2 images), which its document
+    publishes: the schemathesis runs, here and through the MCP server, stay cheap."""
+    with start_runtime(tmp_path_factory.mktemp("small-runtime"), **SMALL_LIMITS) as server:
         yield server

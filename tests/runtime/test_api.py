@@ -211,7 +211,6 @@ OFFERED = {
     "/v2/models",
     "/v2/models/{model_name}",
     "/v2/models/{model_name}/ready",
-    "/v2/models/{model_name}/versions/{model_version}/ready",
     "/v2/models/{model_name}/infer",
     "/openai/v1/images/generations",
     "/openai/v1/images/edits",
@@ -227,7 +226,11 @@ def test_no_request_can_unload_the_model_while_the_runtime_reports_live(runtime)
         for name in ("model", "other")
         for action in ("load", "unload")
     ]
-    management += ["/v2/repository/index", "/v1/models/model:explain"]
+    management += [
+        "/v2/repository/index",
+        "/v1/models/model:explain",
+        "/v2/models/model/versions/1/ready",
+    ]
     for path in management:
         for method in ("POST", "GET", "PUT", "DELETE", "HEAD"):
             answer = httpx.request(method, f"{runtime.url}{path}", json={}, timeout=10)
