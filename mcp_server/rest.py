@@ -166,7 +166,9 @@ class ImageEditForm(OpenAIFields, PromptFields):
         None, alias="image", description="PNG, JPEG or WebP to edit."
     )
     image_files: list[UploadFile] | None = Field(
-        None, alias="image[]", description="OpenAI's array form; the first one is edited."
+        None,
+        alias="image[]",
+        description="OpenAI's array form, in place of image; the first one is edited.",
     )
     mask: UploadFile | None = Field(
         None, description="Same size as the image; transparent (or white) = repaint."
@@ -310,9 +312,8 @@ class Routes:
         for name, prop in form["properties"].items():
             branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
             form["properties"][name] = {**prop, **branches[0]} if branches else prop
-        # OpenAI's array form `image[]` stays accepted (unknown parts are ignored anyway), but
-        # the document names one way: `image`, required.
-        del form["properties"]["image[]"]
+        # JSON Schema's anyOf of two required sets is lost on schemathesis and most form
+        # generators: the document requires `image`, and says `image[]` may stand in for it.
         form["required"] = [*form.get("required", []), "image"]
         edits = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
         edits["multipart/form-data"]["encoding"] = {
