@@ -35,8 +35,8 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
     config = getattr(denoiser, "config", {})
     patch = config.get("patch_size", 1) or 1
     sample = getattr(pipe, "default_sample_size", None) or config.get("sample_size", 64)
-    # A UNet halves the latents at each down block but the last; below this, its deepest
-    # group norms see one value per group and fail.
+    # A UNet halves the latents at each down block but the last, and the first norm there
+    # has one channel per group: below two latent pixels a side at that depth, it fails.
     downsamplings = len(config.get("down_block_types", ())) - 1 if hasattr(pipe, "unet") else 0
     default_side = sample * vae_factor
     while default_side * default_side > settings.max_pixels:
@@ -47,7 +47,7 @@ def limits_for(loaded: LoadedPipeline, settings: RuntimeSettings, engine: Engine
         max_images_per_request=settings.max_images_per_request,
         max_prompt_chars=settings.max_prompt_chars,
         size_multiple=vae_factor * patch,
-        min_side=vae_factor * patch * 2 ** max(downsamplings, 0),
+        min_side=vae_factor * patch * (2 ** (downsamplings + 1) if downsamplings > 0 else 1),
         default_width=default_side,
         default_height=default_side,
         default_steps=min(settings.default_steps, settings.max_steps),

@@ -3,7 +3,8 @@ every check, through its engine. (Its pytest plugin's lazy loader, `from_fixture
 `node._nodeid`, which pytest 9 no longer has.)
 
 The servers under test run with small limits, which their documents publish: every request
-schemathesis may send is cheap to serve."""
+schemathesis may send is cheap to serve. The hooks here are schemathesis's global ones: every
+schemathesis run in the suite (tests/reliability too) sends real images where valid data goes."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ CONFIG = {
 
 def _png(colour: str) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
+    Image.new("RGB", (64, 64), colour).save(buffer, "PNG")
     return buffer.getvalue()
 
 

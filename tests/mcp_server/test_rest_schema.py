@@ -35,7 +35,7 @@ def test_the_document_carries_the_default_models_limits(small_mcp_server: Server
     assert fields["num_inference_steps"]["anyOf"][0]["maximum"] == 2
     assert fields["n"]["maximum"] == 2
     assert fields["prompt"]["maxLength"] == 200
-    assert fields["size"]["anyOf"][0]["pattern"].startswith("^(auto|(16|24|")
+    assert fields["size"]["anyOf"][0]["pattern"].startswith("^(auto|(32|40|")
     assert fields["model"]["anyOf"][0]["enum"] == ["model", None]
     assert "image" in schemas["ImageEditForm"]["required"]
 

@@ -65,6 +65,15 @@ def test_image_k_of_a_request_is_reproducible_alone_by_its_seed(runtime):
     assert diff.max() <= 2
 
 
+def test_pndm_serves_fewer_than_four_steps(runtime):
+    """Its Runge-Kutta warm-up fails below four steps; the runtime builds it as PLMS."""
+    response = predict(
+        runtime.url,
+        {**SMALL, "prompt": "x", "scheduler": "PNDMScheduler", "num_inference_steps": 2},
+    )
+    assert response.status_code == 200, response.text
+
+
 def test_scheduler_can_be_chosen(runtime):
     response = predict(runtime.url, {**SMALL, "prompt": "x", "scheduler": "DDIMScheduler"})
     assert response.status_code == 200, response.text
