@@ -47,7 +47,13 @@ EVENTS = {
 }
 IMAGE_TYPES = "image/png, image/jpeg, image/webp"
 # The request schemas _schemas adds.
-SCHEMAS = ("GenerationRequest", "Parameters", "OpenAIImageRequest", "OpenAIEditForm")
+SCHEMAS = (
+    "GenerationRequest",
+    "Parameters",
+    "V2Parameters",
+    "OpenAIImageRequest",
+    "OpenAIEditForm",
+)
 
 
 def _when(field: str, value: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +97,20 @@ NOT_READY = (503, "The model is not loaded, the device is out of memory, or the 
 FAILED = (500, "The generation failed; the message says what failed")
 
 
+def _not_null(properties: dict[str, Any]) -> dict[str, Any]:
+    """PROPERTIES with each nullable one's non-null branch only."""
+    return {
+        name: next((b for b in prop.get("anyOf", []) if b.get("type") != "null"), prop)
+        for name, prop in properties.items()
+    }
+
+
 def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
     request = GenerationRequest.model_json_schema(ref_template=REF)
     request["properties"]["background"]["enum"] = ["opaque", "auto", None]  # transparent: 400
     request["allOf"] = RULES
-    parameters = {k: v for k, v in request.items() if k not in ("required", "allOf")}
+    parameters = copy.deepcopy({k: v for k, v in request.items() if k != "required"})
+    del parameters["properties"]["prompt"]  # each instance's own
     openai = copy.deepcopy(request)
     fields = OpenAIFields.model_json_schema(ref_template=REF)["properties"]
     for name in ("width", "height", "num_images"):  # OpenAI's size and n
@@ -106,12 +121,10 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
     openai["properties"]["model"]["enum"] = [capabilities["model_name"], None]
     openai["allOf"] = [*RULES, STREAM_ONLY]
     form = copy.deepcopy(openai)
-    form["properties"] = {
-        name: next((b for b in prop.get("anyOf", []) if b.get("type") != "null"), prop)
-        for name, prop in form["properties"].items()
-        # A form part cannot be null, nor a file carry base64.
-        if name not in ("image", "mask_image")
-    }
+    # A form part cannot be null, nor a file carry base64.
+    form["properties"] = _not_null(
+        {k: v for k, v in form["properties"].items() if k not in ("image", "mask_image")}
+    )
     # What the nullable fields' top-level enums said, for the branch that stays.
     form["properties"]["background"]["enum"] = ["opaque", "auto"]
     form["properties"]["model"]["enum"] = [capabilities["model_name"]]
@@ -122,8 +135,11 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
     }
     form["required"] = ["prompt", "image"]
     form["allOf"] = [*RULES[:2], STREAM_ONLY]
+    v2_parameters = copy.deepcopy(parameters)
+    v2_parameters["properties"] = _not_null(v2_parameters["properties"])
     for title, schema in (
         ("Parameters", parameters),
+        ("V2Parameters", v2_parameters),
         ("OpenAIImageRequest", openai),
         ("OpenAIEditForm", form),
     ):
@@ -134,9 +150,47 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
         "Parameters": parameters,
         "OpenAIImageRequest": openai,
         "OpenAIEditForm": form,
+        "V2Parameters": v2_parameters,
         "Error": ERROR,
         "OpenAIError": OPENAI_ERROR,
     }
+
+
+def _no_partials(schema: dict[str, Any]) -> dict[str, Any]:
+    """SCHEMA where partial_images stays 0: only streams carry partial images."""
+    return {"allOf": [schema, {"properties": {"partial_images": {"maximum": 0}}}]}
+
+
+def _v2_body() -> dict[str, Any]:
+    """KServe v2's request as this model reads it: one BYTES input `prompt` (one generation
+    per element), the other fields as parameters."""
+    prompt = {"$ref": REF.format(model="GenerationRequest") + "/properties/prompt"}
+    one_input = {
+        "type": "object",
+        "properties": {
+            "name": {"const": "prompt"},
+            "datatype": {"const": "BYTES"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "data": {"type": "array", "items": prompt, "minItems": 1},
+        },
+        "required": ["name", "datatype", "shape", "data"],
+    }
+    schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "inputs": {"type": "array", "items": one_input, "minItems": 1, "maxItems": 1},
+            # KServe's parameters are numbers, booleans or strings: never null.
+            "parameters": {
+                "anyOf": [
+                    _no_partials({"$ref": REF.format(model="V2Parameters")}),
+                    {"type": "null"},
+                ]
+            },
+        },
+        "required": ["inputs"],
+    }
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def _v1_body(one: bool) -> dict[str, Any]:
@@ -145,12 +199,12 @@ def _v1_body(one: bool) -> dict[str, Any]:
         "items": {"$ref": REF.format(model="GenerationRequest")},
         "minItems": 1,
     }
+    parameters: dict[str, Any] = {"$ref": REF.format(model="Parameters")}
     if one:
         instances["maxItems"] = 1
-    else:  # only streams carry partial images
-        instances["items"] = {
-            "allOf": [instances["items"], {"properties": {"partial_images": {"maximum": 0}}}]
-        }
+    else:
+        instances["items"] = _no_partials(instances["items"])
+        parameters = _no_partials(parameters)
     return {
         "required": True,
         "content": {
@@ -159,7 +213,7 @@ def _v1_body(one: bool) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "instances": instances,
-                        "parameters": {"$ref": REF.format(model="Parameters")},
+                        "parameters": parameters,
                     },
                     "required": ["instances"],
                     "additionalProperties": False,
@@ -210,12 +264,17 @@ def _document(base: dict[str, Any], capabilities: dict[str, Any]) -> dict[str, A
         op["responses"] |= _responses(openai_error, BAD_REQUEST, FAILED, NOT_READY)
     for path in ("/v1/models/{model_name}", "/v1/models/{model_name}/capabilities"):
         operation(path, "get")["responses"] |= _responses(error, UNKNOWN_MODEL, NOT_READY)
+    paths["/v2/models/{model_name}/infer"]["post"]["requestBody"] = _v2_body()
     for path in (p for p in paths if p.startswith("/v2/models/{model_name}")):
         for op in paths[path].values():
             op["responses"] |= _responses(error, BAD_REQUEST, UNKNOWN_MODEL, FAILED, NOT_READY)
             # KServe's optional version answers 501 whenever given: one model, no versions.
             op["parameters"] = [p for p in op["parameters"] if p["name"] != "model_version"]
     paths["/metrics"]["get"]["responses"]["200"]["content"] = {"text/plain": {}}
+    for op in (op for item in paths.values() for op in item.values()):
+        for parameter in op.get("parameters", []):
+            if parameter["name"] == "model_name":  # any other is a 404
+                parameter["schema"] = {"type": "string", "enum": [capabilities["model_name"]]}
     with_limits(document["components"]["schemas"], SCHEMAS, limit_keywords(capabilities))
     return document
 
