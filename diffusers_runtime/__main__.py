@@ -46,6 +46,7 @@ def main() -> None:
     from .errors import install_handlers
     from .model import DiffusersModel
     from .openai_api import register_openai_routes
+    from .openapi import publish
     from .routes import refuse_not_offered, register_routes
 
     parser = argparse.ArgumentParser(
@@ -68,6 +69,7 @@ def main() -> None:
     refuse_not_offered(model_server.app)
     register_routes(model_server.app, model)
     register_openai_routes(model_server.app, model)
+    model_server.app.openapi = publish(model_server.app.openapi, model.serving().capabilities)
     grace = settings.shutdown_grace_seconds
     model_server.app.router.on_startup.append(
         functools.partial(_drain_on_sigterm, model.serving().engine, grace)

@@ -136,6 +136,13 @@ def unsupported_channels(variant: DiffusionPipeline) -> str | None:
     )
 
 
+def build_scheduler(cls: Any, config: Any) -> Any:
+    """CLS from another scheduler's CONFIG. PNDM's Runge-Kutta warm-up fails below 4 steps;
+    Stable Diffusion's own configs skip it (PLMS), which serves every step count."""
+    overrides = {"skip_prk_steps": True} if cls.__name__ == "PNDMScheduler" else {}
+    return cls.from_config(config, **overrides)
+
+
 def buildable_schedulers(scheduler: Any) -> dict[str, Any]:
     """The pipeline's scheduler and each compatible one its config builds, by class name.
 
@@ -150,7 +157,7 @@ def buildable_schedulers(scheduler: Any) -> dict[str, Any]:
             # the library's to fix, and not what this probe is for.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cls.from_config(scheduler.config)
+                build_scheduler(cls, scheduler.config)
         except Exception as exc:  # whatever the class raises, it cannot serve this pipeline
             log.debug("not offering %s: %s: %s", cls.__name__, type(exc).__name__, exc)
             continue
@@ -380,7 +387,9 @@ class Engine:
         if scheduler is not None and (mode, scheduler) not in self._pipes:
             base = self._pipes[(mode, None)]
             cls = self._schedulers[scheduler]
-            variant = type(base).from_pipe(base, scheduler=cls.from_config(base.scheduler.config))
+            variant = type(base).from_pipe(
+                base, scheduler=build_scheduler(cls, base.scheduler.config)
+            )
             variant.set_progress_bar_config(disable=True)
             self._pipes[(mode, scheduler)] = variant
         return self._pipes[(mode, scheduler)]

@@ -70,6 +70,8 @@ class DiffusersModel(kserve.Model):
         defaults = payload.get("parameters") or {}
         if not isinstance(defaults, dict):
             raise BadRequest("parameters: must be an object of request fields")
+        if "prompt" in defaults:
+            raise BadRequest("parameters.prompt: each instance has its own prompt; move it there")
         generator = self.serving()
         return [
             generator.parse(
@@ -79,10 +81,21 @@ class DiffusersModel(kserve.Model):
         ]
 
     async def _predict_v2(self, request: InferRequest) -> InferResponse:
-        prompt_input = next((i for i in request.inputs if i.name == "prompt"), None)
-        if prompt_input is None or prompt_input.datatype != "BYTES":
-            raise BadRequest('inputs: a BYTES input named "prompt" is required')
-        prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in prompt_input.data]
+        prompt_input = request.inputs[0] if len(request.inputs) == 1 else None
+        if (
+            prompt_input is None
+            or prompt_input.name != "prompt"
+            or prompt_input.datatype != "BYTES"
+        ):
+            raise BadRequest(
+                'inputs: exactly one, a BYTES input named "prompt"; the other fields go in '
+                "parameters"
+            )
+        prompts = [p.decode() if isinstance(p, bytes) else p for p in prompt_input.data]
+        if not all(isinstance(p, str) for p in prompts):
+            raise BadRequest("inputs.prompt: each element is a prompt, a string")
+        if not prompts:
+            raise BadRequest("inputs.prompt: no data; send one prompt per image to generate")
         fields = dict(request.parameters or {})
         generator = self.serving()
         generations = [

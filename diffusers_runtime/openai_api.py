@@ -82,6 +82,9 @@ def instance(
             "style: vivid and natural are DALL-E 3's styles, which this model does not have; "
             "describe the style in the prompt instead"
         )
+    for name, ours in (("width", "size"), ("height", "size"), ("num_images", "n")):
+        if name in fields:
+            problems.append(f"{name}: OpenAI's API names it {ours}; send {ours} instead")
     width = height = None
     if openai.size is not None and openai.size != "auto":
         match = SIZE.match(openai.size)

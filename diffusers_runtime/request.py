@@ -3,6 +3,7 @@ the loaded pipeline and the configured limits. Every rejection names the offendi
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +82,7 @@ class Limits:
     max_images_per_request: int
     max_prompt_chars: int
     size_multiple: int
+    min_side: int
     default_width: int
     default_height: int
     default_steps: int
@@ -176,6 +178,10 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             problems.append(
                 f"{where}{name}: must be a multiple of {limits.size_multiple}, got {value}"
             )
+        elif value < limits.min_side:
+            problems.append(
+                f"{where}{name}: at least {limits.min_side} for this pipeline, got {value}"
+            )
     if width * height > limits.max_pixels:
         problems.append(
             f"{where}width: {width}x{height} is {width * height} pixels, "
@@ -198,11 +204,8 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             f"{where}num_inference_steps: {steps} is more than the limit of {limits.max_steps}"
         )
     strength = (request.strength or limits.default_strength) if edit else None
-    if strength is not None and int(steps * strength) < 1:
-        problems.append(
-            f"{where}strength: {strength} of {steps} steps leaves no denoising step "
-            "(an edit runs int(steps x strength) steps); raise strength or num_inference_steps"
-        )
+    if strength is not None:
+        strength = _at_least_one_step(strength, steps)
     if request.num_images > limits.max_images_per_request:
         problems.append(
             f"{where}num_images: {request.num_images} is more than the limit of "
@@ -257,6 +260,16 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         partial_images=request.partial_images,
         speed=request.speed or limits.default_speed,
     )
+
+
+def _at_least_one_step(strength: float, steps: int) -> float:
+    """STRENGTH, raised where needed to the least that runs one of STEPS (an edit runs
+    int(steps x strength)): whether a strength leaves no step depends on the steps, which no
+    schema can say, so every strength the schema allows is served."""
+    least = 1 / steps
+    while int(steps * least) < 1:  # e.g. 49 x (1 / 49) < 1 in floating point
+        least = math.nextafter(least, 1)
+    return max(strength, least)
 
 
 def _edit_inputs(

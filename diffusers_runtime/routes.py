@@ -19,14 +19,21 @@ from .stream import Event, Failure, Partial, Progress, events
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # KServe's routes that a runtime of one pipeline, loaded once at start, does not offer: the
 # model repository's load and unload (unauthenticated, an unload left the runtime live without
-# its model until a restart, and there is no repository to load another from) and :explain
-# (no explainer). Path templates as KServe registers them.
+# its model until a restart, and there is no repository to load another from), :explain
+# (no explainer) and model versions (KServe answers 501 to any). Path templates as KServe
+# registers them.
 NOT_OFFERED = (
     "/v2/repository/models/{model_name}/load",
     "/v2/repository/models/{model_name}/unload",
     "/v2/repository/index",
     "/v1/models/{model_name}:explain",
+    "/v2/models/{model_name}/versions/{model_version}/ready",
 )
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+NOT_POST = [method for method in ALL_METHODS if method != "POST"]
+# Their other methods would reach KServe's GET /v1/models/{model_name}, with the model name
+# "model:predict": a 404 where a 405 is due.
+POST_ONLY = ("/v1/models/{model_name}:predict", "/v1/models/{model_name}:generate")
 NOT_OFFERED_MESSAGE = (
     "{path} is not offered by this runtime: it serves one diffusers pipeline, loaded at start "
     "(MODEL_ID) and never unloaded; restart the pod to load another model"
@@ -60,15 +67,23 @@ def generate_event(event: Event, generation: Generation) -> bytes:
 
 
 def refuse_not_offered(app: FastAPI) -> None:
-    """404 for NOT_OFFERED, and an OpenAPI document without them. Registered before KServe
-    adds its own routes (when its server starts), so these answer first."""
+    """404 for NOT_OFFERED, 405 for POST_ONLY's other methods, and an OpenAPI document
+    without NOT_OFFERED. Registered before KServe adds its own routes (when its server
+    starts), so these answer first."""
 
     async def not_offered(request: Request) -> JSONResponse:
         message = NOT_OFFERED_MESSAGE.format(path=request.url.path)
         return JSONResponse(status_code=404, content={"error": message})
 
+    async def post_only(request: Request) -> JSONResponse:
+        message = f"{request.method} {request.url.path} is not served: send POST with a JSON body"
+        return JSONResponse(status_code=405, content={"error": message}, headers={"Allow": "POST"})
+
     for path in NOT_OFFERED:
-        app.add_api_route(path, not_offered, methods=["GET", "POST"], include_in_schema=False)
+        # Every method: a 405 would name KServe's POST as allowed.
+        app.add_api_route(path, not_offered, methods=ALL_METHODS, include_in_schema=False)
+    for path in POST_ONLY:
+        app.add_api_route(path, post_only, methods=NOT_POST, include_in_schema=False)
     document = app.openapi
 
     def without_not_offered() -> dict[str, Any]:

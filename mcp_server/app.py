@@ -122,6 +122,8 @@ def error_response(exc: ServiceError, headers: Mapping[str, str] | None = None) 
     surface `message`."""
     if exc.retry_after:
         headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
+    if exc.allow:
+        headers = {**(headers or {}), "Allow": exc.allow}
     return JSONResponse(
         exc.body(),
         status_code=exc.status,
@@ -237,6 +239,8 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.components = components
+    # The router serves the document instead: it adds the served model's limits.
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != app.openapi_url]
     app.include_router(build_router(components.service, settings.public_url))
     app.add_api_route(
         "/metrics",

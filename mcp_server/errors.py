@@ -14,6 +14,8 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
     retry_after: int | None = None
+    # The methods the route serves, for a 405's Allow header.
+    allow: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -93,6 +95,18 @@ class JobNotFoundError(NotFoundError):
             "Start a new one with start_generation.",
             param="job_id",
         )
+
+
+class MethodNotAllowedError(ServiceError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allowed: str) -> None:
+        super().__init__(
+            f"{method} {path} is not served: send {allowed} with the request in the body "
+            "(the API is described at /docs)."
+        )
+        self.allow = allowed
 
 
 class UnauthorizedError(ServiceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
 from wire.fields import (
@@ -30,6 +30,25 @@ from wire.fields import Strength as StrengthValue
 
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
+
+def _whole(value: object) -> object:
+    """Counts are integers: pydantic's lax mode would read true as 1 and 2.0 as 2, which the
+    runtime refuses (a form's strings still pass, to be read as numbers)."""
+    if isinstance(value, bool | float):
+        raise ValueError(f"must be an integer, not {value!r}")
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {value!r}")
+    return value
+
+
+# Last in a field's Annotated: bounds placed after a validator leave the JSON schema.
+WHOLE = BeforeValidator(_whole)
+NUMBER = BeforeValidator(_number)
+
 Source = Annotated[
     str,
     Field(
@@ -37,7 +56,9 @@ Source = Annotated[
         description="An id, image:// URI or URL from this server, or base64 PNG/JPEG/WebP.",
     ),
 ]
-Strength = Annotated[StrengthValue | None, Field(description="0.3 subtle, 0.8 heavy.")]
+Strength = Annotated[
+    Annotated[StrengthValue, NUMBER] | None, Field(description="0.3 subtle, 0.8 heavy.")
+]
 
 
 class PromptFields(BaseModel):
@@ -47,11 +68,13 @@ class PromptFields(BaseModel):
 
     prompt: Prompt = Field(description="What the image should show.")
     negative_prompt: str | None = Field(None, description="What it should not show.")
-    num_inference_steps: Steps | None = Field(None, description="More: slower, finer.")
-    guidance_scale: GuidanceScale | None = Field(
+    num_inference_steps: Annotated[Steps, WHOLE] | None = Field(
+        None, description="More: slower, finer."
+    )
+    guidance_scale: Annotated[GuidanceScale, NUMBER] | None = Field(
         None, description="Prompt adherence, typically 3-9."
     )
-    seed: Seed | None = Field(None, description="Reproduces an image.")
+    seed: Annotated[Seed, WHOLE] | None = Field(None, description="Reproduces an image.")
     scheduler: str | None = Field(None, description="See list_models.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
     speed: Speed | None = Field(None, description="Default balanced; see list_models.")
@@ -61,9 +84,9 @@ class PromptFields(BaseModel):
 class GenerationFields(PromptFields):
     """generate_image's arguments."""
 
-    width: Side | None = Field(None, description="See list_models.")
-    height: Side | None = Field(None, description="See list_models.")
-    num_images: ImageCount | None = Field(None, description="Default 1.")
+    width: Annotated[Side, WHOLE] | None = Field(None, description="See list_models.")
+    height: Annotated[Side, WHOLE] | None = Field(None, description="See list_models.")
+    num_images: Annotated[ImageCount, WHOLE] | None = Field(None, description="Default 1.")
 
 
 class EditFields(BaseModel):
@@ -85,10 +108,15 @@ class OutputOptions(BaseModel):
     quality: Quality | None = Field(
         None, description="Step preset instead of num_inference_steps (the model's quality_steps)."
     )
-    output_compression: OutputCompression | None = Field(
+    output_compression: Annotated[OutputCompression, WHOLE] | None = Field(
         None, description="jpeg/webp encoder quality, 0-100."
     )
-    background: Background | None = Field(None, description="The models here draw opaque images.")
+    # transparent is OpenAI's, taken to say why it is refused, and not published.
+    background: Background | None = Field(
+        None,
+        description="The models here draw opaque images.",
+        json_schema_extra={"enum": ["opaque", "auto", None]},
+    )
 
 
 class ImageRequest(OutputOptions, GenerationRequest):

@@ -117,6 +117,11 @@ class ModelRegistry:
         available = sorted(n for n, m in self._discovered.items() if m.available)
         return available[0] if available else None
 
+    def names(self) -> list[str]:
+        """The models a request can name now."""
+        self._refresh()
+        return list(self._clients)
+
     def client(self, model: str | None) -> RuntimeClient:
         """The runtime serving MODEL (the default when None), or why there is none."""
         self._refresh()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -17,10 +18,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 
-from mcp_server.errors import InvalidRequestError, ServiceError
+from mcp_server.errors import InvalidRequestError, MethodNotAllowedError, ServiceError
 from mcp_server.generation import (
+    WHOLE,
     EditFields,
     GenerationRequest,
     GenerationResult,
@@ -34,12 +36,25 @@ from mcp_server.generation import (
 from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import ID_PATTERN
-from wire.fields import ImageCount, OutputFormat, PartialImages
+from wire.fields import ImageCount, OutputFormat, PartialImages, limit_keywords, with_limits
 from wire.logs import request_id
 
 log = logging.getLogger(__name__)
 
+JsonDict = dict[str, JsonValue]
+IMAGE_TYPES = "image/png, image/jpeg, image/webp"
 SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _flag(value: object) -> object:
+    """true or false; pydantic's lax mode would read 1 and 0 as them (a form's "true" still
+    passes)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
 def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
@@ -57,16 +72,21 @@ def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
 class OpenAIFields(OutputOptions):
     """What OpenAI's Images API names its own way, and its extras."""
 
-    n: ImageCount = Field(1, description="Number of images.")
+    n: Annotated[ImageCount, WHOLE] = Field(1, description="Number of images.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512".')
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     moderation: Literal["auto", "low"] | None = Field(
         None, description="Accepted for OpenAI compatibility; nothing is moderated here."
     )
-    style: str | None = Field(None, description="DALL-E 3's; refused: put the style in the prompt.")
-    stream: bool = Field(False, description="Answer with OpenAI's server-sent image events.")
-    partial_images: PartialImages = Field(
+    # Taken to say why it is refused; the document allows only null.
+    style: str | None = Field(
+        None,
+        description="DALL-E 3's; refused: put the style in the prompt.",
+        json_schema_extra={"enum": [None]},
+    )
+    stream: Flag = Field(False, description="Answer with OpenAI's server-sent image events.")
+    partial_images: Annotated[PartialImages, WHOLE] = Field(
         0, description="With stream: estimates of each image while it forms."
     )
 
@@ -100,21 +120,54 @@ class OpenAIFields(OutputOptions):
             raise validation_problem(exc.errors()) from None
 
 
+def _when(field: str, value: JsonDict, then: JsonDict) -> JsonDict:
+    """A rule generation() or the runtime checks, as JSON Schema: when FIELD is VALUE, THEN."""
+    return {"if": {"required": [field], "properties": {field: value}}, "then": then}
+
+
+SET: JsonDict = {"not": {"type": "null"}}
+# Only the rules a request of these fields can break; the runtime checks them all.
+REQUEST_RULES: list[JsonValue] = [
+    _when(
+        "partial_images",
+        {"minimum": 1},
+        {"required": ["stream"], "properties": {"stream": {"const": True}}},
+    ),
+    _when("quality", SET, {"properties": {"num_inference_steps": {"type": "null"}}}),
+    _when(
+        "output_compression",
+        SET,
+        {
+            "required": ["output_format"],
+            "properties": {"output_format": {"enum": ["jpeg", "webp"]}},
+        },
+    ),
+]
+EDIT_RULES: list[JsonValue] = [
+    _when(field, SET, {"required": ["image"], "properties": {"image": {"type": "string"}}})
+    for field in ("strength", "mask_image")
+]
+
+
 class ImageGenerationRequest(OpenAIFields, EditFields, PromptFields):
     """OpenAI's `POST /v1/images/generations` body plus the runtime's own fields."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [*REQUEST_RULES, *EDIT_RULES]})
 
 
 class ImageEditForm(OpenAIFields, PromptFields):
     """OpenAI's `POST /v1/images/edits` multipart form."""
 
     # Unknown parts are ignored, as OpenAI's endpoint does.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"allOf": REQUEST_RULES})
 
     image_file: UploadFile | None = Field(
         None, alias="image", description="PNG, JPEG or WebP to edit."
     )
     image_files: list[UploadFile] | None = Field(
-        None, alias="image[]", description="OpenAI's array form; the first one is edited."
+        None,
+        alias="image[]",
+        description="OpenAI's array form, in place of image; the first one is edited.",
     )
     mask: UploadFile | None = Field(
         None, description="Same size as the image; transparent (or white) = repaint."
@@ -135,12 +188,13 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: OutputFormat
     size: str
-    quality: str | None
-    background: str | None
+    # Left out when unknown (quality: when num_inference_steps chose the steps).
+    quality: str | None = None
+    background: str | None = None
     model: str
-    seed: int | None
-    num_inference_steps: int | None
-    guidance_scale: float | None
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     images: list[ImageRef]
     timings: Timings
 
@@ -161,12 +215,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "Invalid request; the message names the field"),
         (401, "Missing or wrong bearer token (when MCP_AUTH_TOKEN is set)"),
+        (404, "An image id or URI that names no stored (or an expired) image"),
+        (413, "The body is larger than the server takes"),
         (429, "Busy: every generation slot and queue place is taken; see Retry-After"),
         (502, "The runtime is unreachable, failed or answered garbage"),
         (503, "The runtime's model is not ready or out of device memory"),
         (504, "The runtime did not answer within the timeout"),
     )
 }
+# Methods a POST-only route answers 405 to, itself: GET would otherwise reach
+# /v1/images/{image_id} and be refused as a bad image id.
+NOT_POST = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class Routes:
@@ -236,6 +295,37 @@ class Routes:
         if not details:
             return {"status": "ok"}
         return {"status": "ok", **(await self.service.status()).model_dump()}
+
+    async def openapi(self, request: Request) -> dict[str, Any]:
+        """The API document, with the default model's limits on the fields they bound: a
+        request it calls valid is one that model accepts (other models may differ: GET
+        /v1/models lists each one's)."""
+        document: dict[str, Any] = copy.deepcopy(request.app.openapi())
+        # FastAPI's 422 for a failed validation never goes out: the app answers 400.
+        for operation in (op for item in document["paths"].values() for op in item.values()):
+            operation["responses"].pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            document["components"]["schemas"].pop(unused)
+        form = document["components"]["schemas"][ImageEditForm.__name__]
+        # A form part cannot be null: unset is left out.
+        for name, prop in form["properties"].items():
+            branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+            form["properties"][name] = {**prop, **branches[0]} if branches else prop
+        # JSON Schema's anyOf of two required sets is lost on schemathesis and most form
+        # generators: the document requires `image`, and says `image[]` may stand in for it.
+        form["required"] = [*form.get("required", []), "image"]
+        edits = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+        edits["multipart/form-data"]["encoding"] = {
+            "image": {"contentType": IMAGE_TYPES},
+            "mask": {"contentType": IMAGE_TYPES},
+        }
+        keywords = {"model": {"enum": [*self.service.registry.names(), None]}}
+        capabilities = await self.service.capabilities()
+        if capabilities is not None:
+            keywords |= limit_keywords(capabilities)
+        schemas = document["components"]["schemas"]
+        with_limits(schemas, (ImageGenerationRequest.__name__, ImageEditForm.__name__), keywords)
+        return document
 
     async def ready(self) -> dict[str, bool]:
         await self.service.check_ready()
@@ -407,6 +497,10 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+async def _post_only(request: Request) -> Response:
+    raise MethodNotAllowedError(request.method, request.url.path, "POST")
+
+
 async def _b64(upload: UploadFile | None) -> str | None:
     return base64.b64encode(await upload.read()).decode() if upload is not None else None
 
@@ -438,8 +532,13 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
                 **ERRORS,
             },
         )
+        router.add_api_route(path, _post_only, methods=NOT_POST, include_in_schema=False)
     router.add_api_route(
-        "/v1/models", routes.models, tags=["models"], summary="List models (OpenAI shape)"
+        "/v1/models",
+        routes.models,
+        tags=["models"],
+        summary="List models (OpenAI shape)",
+        responses={401: ERRORS[401]},
     )
     router.add_api_route(
         "/v1/images/{image_id}",
@@ -449,10 +548,18 @@ def build_router(service: ImageService, public_url: str | None) -> APIRouter:
         responses={
             200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
             400: ERRORS[400],
+            401: ERRORS[401],
             404: {"model": ErrorResponse, "description": "Unknown or expired image"},
         },
     )
-    router.add_api_route("/health", routes.health, tags=["health"], summary="Liveness")
+    router.add_api_route(
+        "/health",
+        routes.health,
+        tags=["health"],
+        summary="Liveness",
+        responses={400: {"model": ErrorResponse, "description": "details is not a boolean"}},
+    )
+    router.add_api_route("/openapi.json", routes.openapi, include_in_schema=False)
     router.add_api_route(
         "/ready",
         routes.ready,

@@ -122,6 +122,13 @@ class ImageService:
     async def models(self) -> list[ModelInfo]:
         return await self.registry.models()
 
+    async def capabilities(self) -> dict[str, Any] | None:
+        """The default model's limits and defaults; None while no runtime can say."""
+        try:
+            return await self.registry.client(None).capabilities()
+        except ServiceError:
+            return None
+
     async def status(self) -> Status:
         ready, runtimes = await self.registry.states()
         return Status(ready=ready, runtimes=runtimes, discovery=self.discovery_status())

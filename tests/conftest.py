@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from scripts.servers import DEFAULT_MODEL, ServerProcess, start_runtime, tiny_model_dir
+from tests.schema_checks import SMALL_LIMITS
 
 
 @pytest.fixture(scope="session")
@@ -34,4 +35,12 @@ def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     with start_runtime(
         tmp_path_factory.mktemp("default-runtime"), MODEL_ID=str(DEFAULT_MODEL)
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def small_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny model with small limits (64x64, 2 steps, 2 images), which its document
+    publishes: the schemathesis runs, here and through the MCP server, stay cheap."""
+    with start_runtime(tmp_path_factory.mktemp("small-runtime"), **SMALL_LIMITS) as server:
         yield server

@@ -162,7 +162,6 @@ def test_edit_progress_counts_the_effective_steps(runtime):
             "instances[0].mask_image: 16x16 does not match",
         ),
         ({"mask_image": b64(LEFT_HALF)}, "mask_image: only valid with an input image"),
-        ({"image": b64(SOURCE), "strength": 0.05}, "instances[0].strength"),
         ({"image": b64(SOURCE), "strength": 1.5}, "instances[0].strength"),
     ],
 )
@@ -170,6 +169,16 @@ def test_bad_edits_are_400_naming_the_problem(runtime, instance, expected):
     response = predict(runtime.url, {**EDIT, **instance})
     assert response.status_code == 400, response.text[:300]
     assert expected in response.json()["error"]
+
+
+def test_a_strength_too_small_for_one_step_runs_one(runtime):
+    """0.05 of 8 steps is no step; a schema cannot tie strength to the steps, so the runtime
+    runs the least that is one step rather than refusing a strength the schema allows."""
+    response = predict(runtime.url, {**EDIT, "image": b64(SOURCE), "strength": 0.05})
+    assert response.status_code == 200, response.text[:300]
+    prediction = response.json()["predictions"][0]
+    assert prediction["effective_steps"] == 1
+    assert prediction["strength"] == 0.125
 
 
 def test_capabilities_list_the_edit_modes(runtime):
