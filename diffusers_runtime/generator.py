@@ -40,10 +40,14 @@ def limits_for(
     patch = config.get("patch_size", 1) or 1
     sample = getattr(pipe, "default_sample_size", None) or config.get("sample_size", 64)
     size_multiple = vae_factor * patch
+    # A UNet halves the latents at each down block but the last, and the first norm there
+    # has one channel per group: below two latent pixels a side at that depth, it fails.
+    downsamplings = len(config.get("down_block_types", ())) - 1 if hasattr(pipe, "unet") else 0
     found = read_serving_file(loaded.folder) if loaded.folder else None
     defaults = resolve_defaults(settings, found, sample * vae_factor, size_multiple)
     decided: dict[str, Any] = {
         "size_multiple": size_multiple,
+        "min_side": size_multiple * (2 ** (downsamplings + 1) if downsamplings > 0 else 1),
         "default_width": defaults.width,
         "default_height": defaults.height,
         "default_steps": defaults.steps,
