@@ -9,7 +9,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from wire.fields import limit_keywords, with_limits
+from wire.fields import EDIT_RULES, OPTION_RULES, STREAM_ONLY, limit_keywords, with_limits
 
 from .openai_api import PREFIX, OpenAIFields
 from .request import GenerationRequest
@@ -36,7 +36,6 @@ OPENAI_ERROR = {
     },
     "required": ["error"],
 }
-SET = {"not": {"type": "null"}}
 # One server-sent event, as clients parse it (the data a JSON object).
 EVENTS = {
     "schema": {
@@ -56,32 +55,8 @@ SCHEMAS = (
 )
 
 
-def _when(field: str, value: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    """A rule request.resolve checks, as JSON Schema: when FIELD is VALUE, THEN."""
-    return {"if": {"required": [field], "properties": {field: value}}, "then": then}
-
-
 # The rules between fields that resolve() checks, for the document (resolve says why).
-RULES = [
-    _when("quality", SET, {"properties": {"num_inference_steps": {"type": "null"}}}),
-    _when(
-        "output_compression",
-        SET,
-        {
-            "required": ["output_format"],
-            "properties": {"output_format": {"enum": ["jpeg", "webp"]}},
-        },
-    ),
-    *(
-        _when(field, SET, {"required": ["image"], "properties": {"image": {"type": "string"}}})
-        for field in ("strength", "mask_image")
-    ),
-]
-STREAM_ONLY = _when(
-    "partial_images",
-    {"minimum": 1},
-    {"required": ["stream"], "properties": {"stream": {"const": True}}},
-)
+RULES = [*OPTION_RULES, *EDIT_RULES]
 
 
 def _responses(body: dict[str, Any], *codes: tuple[int, str]) -> dict[str, Any]:
@@ -134,7 +109,7 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
         "mask": {"type": "string", "format": "binary", "description": "White = repaint."},
     }
     form["required"] = ["prompt", "image"]
-    form["allOf"] = [*RULES[:2], STREAM_ONLY]
+    form["allOf"] = [*OPTION_RULES, STREAM_ONLY]
     v2_parameters = copy.deepcopy(parameters)
     v2_parameters["properties"] = _not_null(v2_parameters["properties"])
     for title, schema in (

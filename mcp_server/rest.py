@@ -36,7 +36,16 @@ from mcp_server.generation import (
 from mcp_server.runtime_client import PartialImage
 from mcp_server.service import ImageService
 from mcp_server.store import ID_PATTERN
-from wire.fields import ImageCount, OutputFormat, PartialImages, limit_keywords, with_limits
+from wire.fields import (
+    EDIT_RULES,
+    OPTION_RULES,
+    STREAM_ONLY,
+    ImageCount,
+    OutputFormat,
+    PartialImages,
+    limit_keywords,
+    with_limits,
+)
 from wire.logs import request_id
 
 log = logging.getLogger(__name__)
@@ -120,33 +129,8 @@ class OpenAIFields(OutputOptions):
             raise validation_problem(exc.errors()) from None
 
 
-def _when(field: str, value: JsonDict, then: JsonDict) -> JsonDict:
-    """A rule generation() or the runtime checks, as JSON Schema: when FIELD is VALUE, THEN."""
-    return {"if": {"required": [field], "properties": {field: value}}, "then": then}
-
-
-SET: JsonDict = {"not": {"type": "null"}}
 # Only the rules a request of these fields can break; the runtime checks them all.
-REQUEST_RULES: list[JsonValue] = [
-    _when(
-        "partial_images",
-        {"minimum": 1},
-        {"required": ["stream"], "properties": {"stream": {"const": True}}},
-    ),
-    _when("quality", SET, {"properties": {"num_inference_steps": {"type": "null"}}}),
-    _when(
-        "output_compression",
-        SET,
-        {
-            "required": ["output_format"],
-            "properties": {"output_format": {"enum": ["jpeg", "webp"]}},
-        },
-    ),
-]
-EDIT_RULES: list[JsonValue] = [
-    _when(field, SET, {"required": ["image"], "properties": {"image": {"type": "string"}}})
-    for field in ("strength", "mask_image")
-]
+REQUEST_RULES: list[JsonValue] = [STREAM_ONLY, *OPTION_RULES]
 
 
 class ImageGenerationRequest(OpenAIFields, EditFields, PromptFields):

@@ -41,6 +41,38 @@ Background = Literal["opaque", "auto", "transparent"]
 Speed = Literal["exact", "balanced", "fast"]
 
 
+def when(field: str, value: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A rule between fields the runtime checks (request.resolve says why), as JSON Schema:
+    when FIELD is VALUE, THEN."""
+    return {"if": {"required": [field], "properties": {field: value}}, "then": then}
+
+
+SET: dict[str, Any] = {"not": {"type": "null"}}
+# quality chooses the steps; compression is jpeg's and webp's.
+OPTION_RULES = [
+    when("quality", SET, {"properties": {"num_inference_steps": {"type": "null"}}}),
+    when(
+        "output_compression",
+        SET,
+        {
+            "required": ["output_format"],
+            "properties": {"output_format": {"enum": ["jpeg", "webp"]}},
+        },
+    ),
+]
+# An edit's fields need its source image.
+EDIT_RULES = [
+    when(field, SET, {"required": ["image"], "properties": {"image": {"type": "string"}}})
+    for field in ("strength", "mask_image")
+]
+# Partial images come only on a stream.
+STREAM_ONLY = when(
+    "partial_images",
+    {"minimum": 1},
+    {"required": ["stream"], "properties": {"stream": {"const": True}}},
+)
+
+
 def max_side(size_multiple: int, max_pixels: int) -> int:
     """The longest side every size up to it, square included, keeps within MAX_PIXELS. JSON
     Schema cannot bound a product, so the documents bound each side by this: the runtime
