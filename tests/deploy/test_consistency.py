@@ -82,9 +82,10 @@ def test_runtime_ports_agree(env, mcp_docs, runtime_docs):
     runtime_spec = one(runtime_docs, "ServingRuntime")["spec"]
     assert runtime_spec["annotations"]["prometheus.kserve.io/port"] == str(port)
     assert runtime_spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
-    runtime_policy = one(runtime_docs, "NetworkPolicy", "diffusers-runtime-ingress")
-    runtime_ingress = runtime_policy["spec"]["ingress"]
-    assert {p["port"] for rule in runtime_ingress for p in rule["ports"]} == {port}
+    for policy in find(runtime_docs, "NetworkPolicy"):
+        if "Ingress" in policy["spec"]["policyTypes"]:
+            ingress = policy["spec"]["ingress"]
+            assert {p["port"] for rule in ingress for p in rule["ports"]} == {port}
     # NetworkPolicies see the pod's port after the Service translation, not the Service's 80.
     egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
     to_runtime = [r for r in egress if any("podSelector" in peer for peer in r["to"])]
@@ -111,7 +112,7 @@ def test_runtime_url_names_the_predictor_service(env, mcp_docs, runtime_docs):
     assert env_vars(runtime_container(runtime_docs))["MODEL_NAME"]["value"] == "model"
 
 
-def test_policies_select_the_pods_they_mean(mcp_docs, runtime_docs):
+def test_policies_select_the_pods_they_mean(env, mcp_docs, runtime_docs):
     mcp_labels = one(mcp_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert matches(one(mcp_docs, "Deployment")["spec"]["selector"], mcp_labels)
     assert matches({"matchLabels": one(mcp_docs, "Service")["spec"]["selector"]}, mcp_labels)
@@ -123,7 +124,16 @@ def test_policies_select_the_pods_they_mean(mcp_docs, runtime_docs):
     egress = one(mcp_docs, "NetworkPolicy", "mcp-server-allow-egress")["spec"]["egress"]
     (runtime_peer,) = [peer for rule in egress for peer in rule["to"] if "podSelector" in peer]
     assert matches(runtime_peer["podSelector"], predictor["labels"])
-    (from_mcp, _monitoring) = runtime_policy["spec"]["ingress"][0]["from"]
+    # Both sides ask for the environment's label: a runtime pod labelled for no environment, or
+    # for another, is selected by neither (tests/deploy/test_network.py shows it with nca).
+    unlabelled = {"app.kubernetes.io/name": "diffusers-runtime"}
+    assert not matches(runtime_peer["podSelector"], unlabelled)
+    # The runtime admits this environment's MCP pods to the runtime pods labelled for it.
+    admit = one(runtime_docs, "NetworkPolicy", f"diffusers-runtime-allow-mcp-server-{env}")
+    assert matches(admit["spec"]["podSelector"], predictor["labels"])
+    assert not matches(admit["spec"]["podSelector"], unlabelled)
+    assert predictor["labels"][f"environment.diffusers-mcp.io/{env}"] == "true"
+    ((from_mcp,),) = [rule["from"] for rule in admit["spec"]["ingress"]]
     assert matches(from_mcp["podSelector"], mcp_labels)
     namespace = one(mcp_docs, "Namespace")["metadata"]["name"]
     assert matches(from_mcp["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
