@@ -407,11 +407,45 @@ def test_a_second_deploy_of_an_unchanged_overlay_changes_nothing(tree):
         assert "replicas" not in target["spec"], tree
 
 
+# What the restricted profile allows beyond the security context, checked on the MCP pods.
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+
+MODES = ("enforce", "audit", "warn")
+
+
+def pod_security_versions(labels: dict[str, str]) -> dict[str, str]:
+    return {mode: labels[f"pod-security.kubernetes.io/{mode}-version"] for mode in MODES}
+
+
 @pytest.mark.parametrize("env", MCP_ENVS)
 def test_each_mcp_namespace_enforces_the_restricted_pod_security_profile(env):
-    (namespace,) = find(render(mcp_dir(env)), "Namespace")
-    labels = namespace["metadata"]["labels"]
-    for mode in ("enforce", "audit", "warn"):
+    docs = render(mcp_dir(env))
+    labels = one(docs, "Namespace")["metadata"]["labels"]
+    for mode in MODES:
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    # Enforcement pinned (an upgrade cannot tighten it mid-rollout), warnings at the latest.
+    versions = pod_security_versions(labels)
+    assert re.fullmatch(r"v1\.\d+", versions["enforce"])
+    assert versions["audit"] == versions["warn"] == "latest"
     # OpenShift's synchroniser would otherwise set them from the SCCs.
     assert labels["security.openshift.io/scc.podSecurityLabelSync"] == "false"
+    # The pods meet it: the containers' contexts (test_mcp_containers_are_locked_down), and
+    # no host namespace, host port or volume type outside the profile.
+    spec = pod_spec(docs)
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & {k for k, v in spec.items() if v}
+    assert not [p for c in all_containers(spec) for p in c.get("ports", []) if "hostPort" in p]
+    kinds = {key for volume in spec["volumes"] for key in volume if key != "name"}
+    assert kinds <= RESTRICTED_VOLUMES
+
+
+def test_the_production_runtime_namespace_pins_baseline_and_warns_about_restricted():
+    labels = one(render(runtime_dir("redhat-dog")), "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    versions = pod_security_versions(labels)
+    assert re.fullmatch(r"v1\.\d+", versions["enforce"])
+    assert versions["audit"] == versions["warn"] == "latest"
