@@ -171,8 +171,9 @@ deploy-with-diffusers-prod: ## Runtime (redhat-dog) first, wait for Ready, then 
 	$(call deploy_runtime,redhat-dog)
 	$(call deploy_mcp,production)
 
-# The ServingRuntime and the runtime NetworkPolicy are shared by both models: undeploying one
-# model only removes its InferenceService.
+# A namespace's ServingRuntime, runtime NetworkPolicies and discovery RBAC serve every model in
+# it (tiny-sd and its embedded variant share default): undeploying one model only removes its
+# InferenceService.
 .PHONY: undeploy-dev undeploy-staging undeploy-prod undeploy-runtime-tiny-sd undeploy-runtime-redhat-dog
 undeploy-dev: ## Delete the dev MCP server and its namespace
 	$(call run,$(KUBECTL) delete -k kustomize/overlays/dev --ignore-not-found)
@@ -224,7 +225,7 @@ check-services: ## Show the runtime and MCP server objects of ENV, their endpoin
 	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get pods -l serving.kserve.io/inferenceservice=$(RUNTIME_$(ENV_DIR)))
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get deployment$(,)pods$(,)service$(,)endpoints$(,)route$(,)networkpolicy -l app.kubernetes.io/part-of=diffusers-mcp)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) get configmap -l app.kubernetes.io/name=mcp-server -o custom-columns=CONFIGMAP:.metadata.name$(,)DIFFUSERS_RUNTIME_URL:.data.DIFFUSERS_RUNTIME_URL)
-	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get inferenceservice -l diffusers-mcp.io/expose=true)
+	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get inferenceservice -l diffusers-mcp.io/expose=true$(,)environment.diffusers-mcp.io/$(ENV_DIR)=true)
 	-$(call run,$(KUBECTL) -n $(call runtime_namespace,$(RUNTIME_$(ENV_DIR))) get role$(,)rolebinding diffusers-mcp-discovery)
 	-$(call run,$(KUBECTL) -n $(call mcp_namespace,$(ENV_DIR)) exec -i deploy/mcp-server -c mcp-server -- python - models < deploy/checks.py)
 

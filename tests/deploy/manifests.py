@@ -92,6 +92,15 @@ def runtime_container(docs: list[dict]) -> dict:
     return merged
 
 
+def predictor_labels(model: str) -> dict[str, str]:
+    """The predictor pod's labels as KServe sets them: the InferenceService's predictor.labels
+    and its own name."""
+    isvc = one(render(runtime_dir(model)), "InferenceService")
+    return isvc["spec"]["predictor"]["labels"] | {
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+    }
+
+
 def matches(selector: dict, labels: dict) -> bool:
     """matchLabels / matchExpressions (In, NotIn, Exists, DoesNotExist) against labels."""
     if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):

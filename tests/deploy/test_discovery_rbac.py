@@ -10,6 +10,7 @@ from tests.deploy.manifests import (
     KUSTOMIZE,
     MCP_ENVS,
     REPO,
+    RUNTIMES,
     config,
     find,
     mcp_dir,
@@ -114,16 +115,43 @@ def test_discovery_finds_the_runtime_it_is_deployed_with(env, mcp_docs, runtime_
         one(runtime_docs, "Role", "diffusers-mcp-discovery")["metadata"]["namespace"]
         in settings["DISCOVERY_NAMESPACES"]
     )
-    selector = dict(term.split("=", 1) for term in settings["DISCOVERY_LABEL_SELECTOR"].split(","))
-    labels = isvc["metadata"]["labels"]
-    assert all(labels.get(key) == value for key, value in selector.items())
+    assert selects(settings["DISCOVERY_LABEL_SELECTOR"], isvc["metadata"]["labels"])
     # Discovered under the name clients already use for the static runtime.
     assert isvc["metadata"]["name"] == settings["DEFAULT_MODEL_NAME"]
 
 
+def selects(selector: str, labels: dict[str, str]) -> bool:
+    """An equality-based label selector (`k=v,k2=v2`, what DISCOVERY_LABEL_SELECTOR holds)."""
+    terms = dict(term.split("=", 1) for term in selector.split(","))
+    return all(labels.get(key) == value for key, value in terms.items())
+
+
+def test_on_a_shared_cluster_each_environment_discovers_only_its_own_runtime(env, mcp_docs):
+    """Every runtime overlay on one cluster: the InferenceServices this environment's server
+    lists (a namespace in DISCOVERY_NAMESPACES whose RoleBinding names its account) and keeps
+    (its label selector) are its own runtime's alone."""
+    settings = config(mcp_docs)
+    account = one(mcp_docs, "ServiceAccount")["metadata"]
+    me = {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    listed, kept = set(), set()
+    for model in RUNTIMES:
+        docs = render(runtime_dir(model))
+        isvc = one(docs, "InferenceService")["metadata"]
+        binding = one(docs, "RoleBinding", "diffusers-mcp-discovery")
+        if isvc["namespace"] in settings["DISCOVERY_NAMESPACES"].split(",") and (
+            me in binding["subjects"]
+        ):
+            listed.add(isvc["name"])
+        # Labels alone, wherever the InferenceService runs, select this environment's only.
+        if selects(settings["DISCOVERY_LABEL_SELECTOR"], isvc["labels"]):
+            kept.add(isvc["name"])
+    assert listed == kept == {MCP_ENVS[env]}
+
+
 def test_check_services_asks_the_server_what_it_serves():
     assert make("check-services", "ENV=staging")[-3:] == [
-        "oc -n default get inferenceservice -l diffusers-mcp.io/expose=true",
+        "oc -n default get inferenceservice"
+        " -l diffusers-mcp.io/expose=true,environment.diffusers-mcp.io/staging=true",
         "oc -n default get role,rolebinding diffusers-mcp-discovery",
         "oc -n mcp-server-staging exec -i deploy/mcp-server -c mcp-server"
         " -- python - models < deploy/checks.py",

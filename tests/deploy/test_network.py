@@ -14,15 +14,16 @@ from tests.deploy.manifests import (
     RUNTIME_NAMESPACES,
     mcp_dir,
     nca_connections,
+    predictor_labels,
     render_text,
     runtime_dir,
     stand_in_pod,
 )
 
 MCP = "mcp-server[Deployment]"
+
+
 STAND_INS = {
-    # The predictor pod as KServe labels it from the InferenceService's predictor.labels.
-    "{runtime_ns}/predictor": {"app.kubernetes.io/name": "diffusers-runtime"},
     "openshift-ingress/router": {},
     "openshift-dns/dns": {},
     "openshift-user-workload-monitoring/prometheus": {},
@@ -38,8 +39,8 @@ def connectivity(env: str) -> dict[tuple[str, str], str]:
     mcp_ns, runtime_ns = f"mcp-server-{env}", RUNTIME_NAMESPACES[MCP_ENVS[env]]
     rendered = render_text(mcp_dir(env)) + "---\n" + render_text(runtime_dir(MCP_ENVS[env]))
     pods = [
-        stand_in_pod(ref.format(mcp_ns=mcp_ns, runtime_ns=runtime_ns), labels)
-        for ref, labels in STAND_INS.items()
+        stand_in_pod(f"{runtime_ns}/predictor", predictor_labels(MCP_ENVS[env])),
+        *(stand_in_pod(ref.format(mcp_ns=mcp_ns), labels) for ref, labels in STAND_INS.items()),
     ]
     return {
         (source.removeprefix(f"{mcp_ns}/"), destination.removeprefix(f"{mcp_ns}/")): allowed
@@ -105,13 +106,7 @@ def one_cluster() -> dict[tuple[str, str], str]:
     trees = [*map(mcp_dir, MCP_ENVS), runtime_dir("tiny-sd"), runtime_dir("redhat-dog")]
     rendered = "---\n".join(render_text(tree) for tree in trees)
     pods = [
-        stand_in_pod(
-            f"{RUNTIME_NAMESPACES[model]}/{model}-predictor",
-            {
-                "app.kubernetes.io/name": "diffusers-runtime",
-                "serving.kserve.io/inferenceservice": model,
-            },
-        )
+        stand_in_pod(f"{RUNTIME_NAMESPACES[model]}/{model}-predictor", predictor_labels(model))
         for model in ("tiny-sd", "redhat-dog")
     ]
     namespaces = {f"mcp-server-{env}" for env in MCP_ENVS} | {"kube-system"}
@@ -134,3 +129,37 @@ def test_on_a_shared_cluster_each_environment_reaches_only_its_own_runtime(env):
                 f"{RUNTIME_NAMESPACES[MCP_ENVS[other]]}/{MCP_ENVS[other]}-predictor[Pod]"
             )
             assert (mcp, other_runtime) not in edges
+
+
+@functools.cache
+def one_namespace() -> dict[tuple[str, str], str]:
+    """Every MCP overlay and the tiny-sd runtime, with the production runtime's predictor (as
+    if deployed into default by mistake) and an unlabelled diffusers runtime (another team's)
+    beside tiny-sd's in default: {(source, destination): allowed connection}."""
+    trees = [*map(mcp_dir, MCP_ENVS), runtime_dir("tiny-sd")]
+    rendered = "---\n".join(render_text(tree) for tree in trees)
+    pods = [
+        stand_in_pod("default/tiny-sd-predictor", predictor_labels("tiny-sd")),
+        stand_in_pod("default/redhat-dog-predictor", predictor_labels("redhat-dog")),
+        stand_in_pod("default/other-predictor", {"app.kubernetes.io/name": "diffusers-runtime"}),
+    ]
+    namespaces = {f"mcp-server-{env}" for env in MCP_ENVS} | {"kube-system"}
+    return {
+        (src, dst): allowed for src, dst, allowed in nca_connections(rendered, pods, namespaces)
+    }
+
+
+@pytest.mark.parametrize("env", ["dev", "staging"])
+def test_labels_keep_environments_apart_within_one_namespace(env):
+    """Namespaces aside, the environment labels alone keep dev and staging away from a
+    production runtime pod and from a runtime labelled for no environment."""
+    edges = one_namespace()
+    reached = {
+        dst
+        for (src, dst) in edges
+        if src == f"mcp-server-{env}/mcp-server[Deployment]" and dst.endswith("-predictor[Pod]")
+    }
+    assert reached == {"default/tiny-sd-predictor[Pod]"}
+    # Nor does any other environment's MCP server reach them: neither is labelled for it.
+    for stranger in ("default/redhat-dog-predictor[Pod]", "default/other-predictor[Pod]"):
+        assert not [src for (src, dst) in edges if dst == stranger and src.startswith("mcp-")]

@@ -70,6 +70,8 @@ def test_runtime_overlay_objects(model_docs):
     # It also autoscales: the metric pipeline's objects (tests/deploy/test_autoscaling.py).
     (isvc,) = [d["metadata"]["name"] for d in model_docs if d["kind"] == "InferenceService"]
     expected = ["InferenceService", "NetworkPolicy", "Role", "RoleBinding", "ServingRuntime"]
+    # One ingress policy per environment that uses the model (tests/deploy/test_network.py).
+    expected += ["NetworkPolicy"] * (1 if isvc == "redhat-dog" else 2)
     if isvc == "redhat-dog":
         expected += ["Namespace", "NetworkPolicy", "PodMonitor", "Role", "RoleBinding"]
         expected += ["ServiceAccount"]

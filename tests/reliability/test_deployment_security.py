@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import functools
 
-from tests.deploy.manifests import mcp_dir, nca_connections, render_text, runtime_dir, stand_in_pod
+from tests.deploy.manifests import (
+    mcp_dir,
+    nca_connections,
+    predictor_labels,
+    render_text,
+    runtime_dir,
+    stand_in_pod,
+)
 
 PREDICTORS = {
-    "diffusers-production/redhat-dog-predictor": {
-        "app.kubernetes.io/name": "diffusers-runtime",
-        "serving.kserve.io/inferenceservice": "redhat-dog",
-    },
-    "default/tiny-sd-predictor": {
-        "app.kubernetes.io/name": "diffusers-runtime",
-        "serving.kserve.io/inferenceservice": "tiny-sd",
-    },
+    "diffusers-production/redhat-dog-predictor": predictor_labels("redhat-dog"),
+    "default/tiny-sd-predictor": predictor_labels("tiny-sd"),
     "openshift-dns/dns": {},
     "other/client": {},
 }
