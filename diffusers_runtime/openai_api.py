@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -23,23 +22,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
 from wire.fields import ImageCount
+from wire.openai_images import (
+    STYLE_REFUSED,
+    image_event,
+    model_entry,
+    parse_size,
+    progress_comment,
+)
+from wire.sse import SSE_HEADERS, sse
 
 from .errors import BadRequest, RuntimeFailure, openai_error_body
 from .generator import Generator
 from .model import DiffusersModel
 from .request import BACKGROUND, Generation, describe
-from .routes import SSE_HEADERS, sse
 from .stream import Failure, Partial, Progress, Result, events
 
 PREFIX = "/openai/v1"
-SIZE = re.compile(r"^(\d+)x(\d+)$")
-# Diffusion models count no tokens; the fields are required by the completed events' type.
-NO_USAGE = {
-    "input_tokens": 0,
-    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
-    "output_tokens": 0,
-    "total_tokens": 0,
-}
 
 
 class OpenAIFields(BaseModel):
@@ -78,26 +76,19 @@ def instance(
             "b64_json, or use the MCP server's REST API, which stores images and returns URLs"
         )
     if openai.style is not None:
-        problems.append(
-            "style: vivid and natural are DALL-E 3's styles, which this model does not have; "
-            "describe the style in the prompt instead"
-        )
+        problems.append(STYLE_REFUSED)
     for name, ours in (("width", "size"), ("height", "size"), ("num_images", "n")):
         if name in fields:
             problems.append(f"{name}: OpenAI's API names it {ours}; send {ours} instead")
-    width = height = None
-    if openai.size is not None and openai.size != "auto":
-        match = SIZE.match(openai.size)
-        if match is None:
-            problems.append(
-                f'size: must look like "512x512" (WIDTHxHEIGHT) or auto, not {openai.size!r}'
-            )
-        else:
-            width, height = int(match[1]), int(match[2])
+    sizes = {}
+    try:
+        if (size := parse_size(openai.size)) is not None:
+            sizes = dict(zip(("width", "height"), size, strict=True))
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise BadRequest("; ".join(problems))
     rest = {k: v for k, v in fields.items() if k not in OpenAIFields.model_fields}
-    sizes = {"width": width, "height": height} if width is not None else {}
     return openai, {**rest, **sizes, "num_images": openai.n}
 
 
@@ -126,39 +117,31 @@ async def openai_events(
     image order (KIND is image_generation or image_edit). With n > 1 the partial images of a
     step come in image order, so the k-th event with a given partial_image_index belongs to
     image k. Progress goes out as SSE comments, which clients skip and proxies see as life."""
-    common = {
-        "background": BACKGROUND,
-        "output_format": generation.output_format,
-        "quality": generation.quality or "auto",
-        "size": _size(generation),
-    }
+    size, quality, output_format = _size(generation), generation.quality, generation.output_format
     async for event in events(generator, generation, "openai"):
         if isinstance(event, Progress):
-            yield f": step {event.step}/{event.total}\n\n".encode()
+            yield progress_comment(event.step, event.total)
         elif isinstance(event, Partial):
-            yield sse(
-                f"{kind}.partial_image",
-                {
-                    "type": f"{kind}.partial_image",
-                    "b64_json": event.image["b64"],
-                    "created_at": int(time.time()),
-                    "partial_image_index": event.partial_image_index,
-                    **common,
-                },
+            yield image_event(
+                kind,
+                event.image["b64"],
+                partial_image_index=event.partial_image_index,
+                size=size,
+                quality=quality,
+                background=BACKGROUND,
+                output_format=output_format,
             )
         elif isinstance(event, Failure):
             yield sse("error", openai_error_body(event.error))
         elif isinstance(event, Result):
             for image in event.prediction["images"]:
-                yield sse(
-                    f"{kind}.completed",
-                    {
-                        "type": f"{kind}.completed",
-                        "b64_json": image["b64"],
-                        "created_at": int(time.time()),
-                        "usage": NO_USAGE,
-                        **common,
-                    },
+                yield image_event(
+                    kind,
+                    image["b64"],
+                    size=size,
+                    quality=quality,
+                    background=BACKGROUND,
+                    output_format=output_format,
                 )
 
 
@@ -229,7 +212,4 @@ def register_openai_routes(app: FastAPI, model: DiffusersModel) -> None:
     @app.get(f"{PREFIX}/models", tags=["openai"])
     async def models() -> dict[str, Any]:
         """The one model this runtime serves, in OpenAI's list shape."""
-        return {
-            "object": "list",
-            "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "diffusers"}],
-        }
+        return {"object": "list", "data": [model_entry(model.name)]}

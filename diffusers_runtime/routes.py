@@ -3,7 +3,6 @@ which of KServe's own it does not offer."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,12 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
+from wire.sse import SSE_HEADERS, sse
+
 from .errors import error_body
 from .model import DiffusersModel
 from .request import BACKGROUND, Generation
 from .stream import Event, Failure, Partial, Progress, events
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # KServe's routes that a runtime of one pipeline, loaded once at start, does not offer: the
 # model repository's load and unload (unauthenticated, an unload left the runtime live without
 # its model until a restart, and there is no repository to load another from), :explain
@@ -38,10 +38,6 @@ NOT_OFFERED_MESSAGE = (
     "{path} is not offered by this runtime: it serves one diffusers pipeline, loaded at start "
     "(MODEL_ID) and never unloaded; restart the pod to load another model"
 )
-
-
-def sse(event: str, data: object) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def generate_event(event: Event, generation: Generation) -> bytes:

@@ -9,9 +9,7 @@ import asyncio
 import base64
 import contextlib
 import copy
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
@@ -47,12 +45,19 @@ from wire.fields import (
     with_limits,
 )
 from wire.logs import request_id
+from wire.openai_images import (
+    STYLE_REFUSED,
+    image_event,
+    model_entry,
+    parse_size,
+    progress_comment,
+)
+from wire.sse import SSE_HEADERS, sse
 
 log = logging.getLogger(__name__)
 
 JsonDict = dict[str, JsonValue]
 IMAGE_TYPES = "image/png, image/jpeg, image/webp"
-SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
 def _flag(value: object) -> object:
@@ -102,26 +107,17 @@ class OpenAIFields(OutputOptions):
     def generation(self, **edit: str | None) -> ImageRequest:
         """The service's request: our fields as they are, OpenAI's translated."""
         if self.style is not None:
-            raise InvalidRequestError(
-                "style: vivid and natural are DALL-E 3's styles, which these models do not "
-                "have; describe the style in the prompt instead",
-                param="style",
-            )
+            raise InvalidRequestError(STYLE_REFUSED, param="style")
         if self.partial_images and not self.stream:
             raise InvalidRequestError(
                 "partial_images: only a stream carries partial images; set stream to true, "
                 "or leave partial_images out",
                 param="partial_images",
             )
-        width = height = None
-        if self.size is not None and self.size != "auto":
-            match = SIZE.match(self.size)
-            if not match:
-                raise InvalidRequestError(
-                    f'size must look like "512x512" (WIDTHxHEIGHT), not {self.size!r}',
-                    param="size",
-                )
-            width, height = int(match[1]), int(match[2])
+        try:
+            width, height = parse_size(self.size) or (None, None)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="size") from None
         ours = self.model_dump(include=set(ImageRequest.model_fields)) | edit
         try:
             return ImageRequest(**ours, width=width, height=height, num_images=self.n)
@@ -243,13 +239,7 @@ class Routes:
         return {
             "object": "list",
             "data": [
-                {
-                    "id": info.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "diffusers",
-                    **info.model_dump(exclude_none=True),
-                }
+                model_entry(info.name) | info.model_dump(exclude_none=True)
                 for info in await self.service.models()
             ],
             "discovery": self.service.discovery_status(),
@@ -386,12 +376,8 @@ class Routes:
         return StreamingResponse(
             _openai_events(first.result(), events, work, kind),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
         )
-
-
-def _sse(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def _openai_events(
@@ -403,50 +389,35 @@ async def _openai_events(
     """KIND.partial_image events as the runtime makes them, then one KIND.completed event per
     image in image order (KIND: image_generation or image_edit). With n > 1 the partial images
     of a step come in image order: the k-th event with a given partial_image_index is image
-    k's. Progress goes out as SSE comments, which clients skip and proxies see as life."""
+    k's."""
     try:
         while item is not None:
             if isinstance(item, PartialImage):
-                yield _sse(
-                    f"{kind}.partial_image",
-                    {
-                        "type": f"{kind}.partial_image",
-                        "b64_json": item.b64,
-                        "created_at": int(time.time()),
-                        "partial_image_index": item.partial_image_index,
-                        "size": f"{item.width}x{item.height}",
-                        "quality": item.quality or "auto",
-                        "background": item.background,
-                        "output_format": item.output_format,
-                    },
+                yield image_event(
+                    kind,
+                    item.b64,
+                    partial_image_index=item.partial_image_index,
+                    size=f"{item.width}x{item.height}",
+                    quality=item.quality,
+                    background=item.background,
+                    output_format=item.output_format,
                 )
             else:
-                yield f": step {item[0]}/{item[1]}\n\n".encode()
+                yield progress_comment(*item)
             item = await events.get()
         try:
             result, blobs = work.result()
         except ServiceError as exc:
-            yield _sse("error", exc.body())
+            yield sse("error", exc.body())
             return
         for ref, blob in zip(result.images, blobs, strict=True):
-            yield _sse(
-                f"{kind}.completed",
-                {
-                    "type": f"{kind}.completed",
-                    "b64_json": base64.b64encode(blob).decode(),
-                    "created_at": int(time.time()),
-                    "size": f"{result.width}x{result.height}",
-                    "quality": result.quality or "auto",
-                    "background": result.background or "auto",
-                    "output_format": ref.mime_type.removeprefix("image/"),
-                    # Diffusion models count no tokens; the completed event's type needs these.
-                    "usage": {
-                        "input_tokens": 0,
-                        "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
-                        "output_tokens": 0,
-                        "total_tokens": 0,
-                    },
-                },
+            yield image_event(
+                kind,
+                base64.b64encode(blob).decode(),
+                size=f"{result.width}x{result.height}",
+                quality=result.quality,
+                background=result.background,
+                output_format=ref.mime_type.removeprefix("image/"),
             )
     finally:
         # Also when the client hangs up mid-stream: the runtime stops within one step.

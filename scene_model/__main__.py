@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--work", type=Path, default=WORK, help="checkpoints (default %(default)s)")
     train.add_argument("--out", type=Path, default=MODEL, help="model folder (default %(default)s)")
+    train.add_argument(
+        "--from",
+        dest="start",
+        type=Path,
+        help="a stage-4 export (a model folder) to take stages 1-4 from; only stage 5 runs",
+    )
     export = commands.add_parser("export", help="write the latest checkpoint as a diffusers folder")
     export.add_argument("--work", type=Path, default=WORK)
     export.add_argument("--out", type=Path, default=MODEL)
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     phrased.add_argument("--model", type=Path, default=MODEL)
     phrased.add_argument("--prompts", type=int, default=phrasings.PROMPTS_PER_FAMILY)
-    phrased.add_argument("--family", action="append", choices=list(phrasings.FAMILIES))
+    phrased.add_argument("--family", action="append", choices=[phrasings.SEEN, *phrasings.FAMILIES])
     phrased.add_argument("--report", type=Path, default=PHRASINGS_REPORT)
     samples = commands.add_parser("samples", help="draw the README's sample grid")
     samples.add_argument("--model", type=Path, default=MODEL)
@@ -73,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.command == "train":
-        training.train(args.work, training.Plan())
+        training.train(args.work, training.Plan(), args.start)
     if args.command in ("train", "export"):
         step = training.export(args.work, args.out, training.Plan())
-        print(f"model after {step} denoiser steps written to {args.out}")
+        print(f"model after {step} phrasing steps written to {args.out}")
     if args.command == "train":
         return evaluate(args.out, 250, REPORT)
     if args.command == "evaluate":

@@ -20,6 +20,7 @@ PALETTE = np.array(list(scenes.COLOURS.values()), dtype=np.float32)
 NAMES = list(scenes.COLOURS)
 ATTRIBUTES = ("colour", "background", "shape", "position", "size")
 SHAPE_THRESHOLD = 80.0  # RGB distance from the background that makes a pixel part of the shape
+CLEAN_DISTANCE = 60.0  # RGB distance within which a pixel is the shape's or background's colour
 MIN_SHAPE_FRACTION = 0.005
 
 
@@ -33,6 +34,10 @@ class Reading:
     position: str | None
     size: str | None
     mask: np.ndarray
+    # The share of pixels that are the shape's or the background's colour: a crisp shape leaves
+    # only its anti-aliased rim in between (0.97-0.99 as `scenes.render` draws them), a blob
+    # a wide blur.
+    clean: float
 
     def matches(self, scene: scenes.Scene) -> dict[str, bool]:
         return {name: getattr(self, name) == getattr(scene, name) for name in ATTRIBUTES}
@@ -103,9 +108,14 @@ def read(image: Image.Image) -> Reading:
     mask = shape_mask(pixels, np.median(background_pixels, axis=0))
     background = NAMES[background_index]
     if mask.mean() < MIN_SHAPE_FRACTION:
-        return Reading(background, None, None, None, None, mask)
+        return Reading(background, None, None, None, None, mask, 0.0)
 
     colour = NAMES[int(nearest_colour(np.median(pixels[mask], axis=0)[None])[0])]
+    near = [
+        np.sqrt(((pixels - PALETTE[NAMES.index(name)]) ** 2).sum(-1)) < CLEAN_DISTANCE
+        for name in (background, colour)
+    ]
+    clean = float((near[0] | near[1]).mean())
     x0, y0, x1, y1 = _box(mask)
     cx, cy = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h
     position = min(
@@ -119,4 +129,4 @@ def read(image: Image.Image) -> Reading:
         prototypes(), key=lambda name: float(np.abs(prototypes()[name][0] - features).sum())
     )
     size = "small" if extent(mask) < prototypes()[shape][1] else "large"
-    return Reading(background, colour, shape, position, size, mask)
+    return Reading(background, colour, shape, position, size, mask, clean)

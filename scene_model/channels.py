@@ -81,3 +81,43 @@ def widen(pipe) -> None:
     pipe.register_modules(
         vae=widen_autoencoder(pipe.vae), transformer=widen_transformer(pipe.transformer)
     )
+
+
+def narrow_autoencoder(vae: AutoencoderKL) -> AutoencoderKL:
+    """The 8-channel autoencoder a widened one was made from (up to float rounding)."""
+    channels = vae.config.latent_channels // COPIES
+    narrow = AutoencoderKL.from_config(
+        {**vae.config, "latent_channels": channels, "shift_factor": vae.config.shift_factor / SHARE}
+    )
+    state = vae.state_dict()
+    weight, bias = state["encoder.conv_out.weight"], state["encoder.conv_out.bias"]
+    wide = COPIES * channels
+    state["encoder.conv_out.weight"] = torch.cat(
+        [weight[:channels] / SHARE, weight[wide:][:channels]]
+    )
+    state["encoder.conv_out.bias"] = torch.cat(
+        [bias[:channels] / SHARE, bias[wide:][:channels] + math.log(COPIES)]
+    )
+    state["decoder.conv_in.weight"] = state["decoder.conv_in.weight"][:, :channels] / SHARE
+    narrow.load_state_dict(state)
+    return narrow.eval().requires_grad_(False)
+
+
+def narrow_transformer(transformer: SD3Transformer2DModel) -> SD3Transformer2DModel:
+    """The 8-channel transformer a widened one was made from (up to float rounding)."""
+    channels = transformer.config.in_channels // COPIES
+    patch = transformer.config.patch_size
+    narrow = SD3Transformer2DModel.from_config(
+        {
+            **transformer.config,
+            "in_channels": channels,
+            "out_channels": transformer.config.out_channels // COPIES,
+        }
+    )
+    state = transformer.state_dict()
+    state["pos_embed.proj.weight"] = state["pos_embed.proj.weight"][:, :channels] / SHARE
+    for name in ("proj_out.weight", "proj_out.bias"):
+        rows = state[name].reshape(patch * patch, COPIES * channels, *state[name].shape[1:])
+        state[name] = (rows[:, :channels] / SHARE).flatten(0, 1)
+    narrow.load_state_dict(state)
+    return narrow.eval().requires_grad_(False)

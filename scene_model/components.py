@@ -30,8 +30,6 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from .scenes import vocabulary
-
 CLIP_MAX_TOKENS = 32  # the longest caption is 24 words; the pipeline pads every prompt to this
 CLIP_WIDTH = 64
 CLIP_PROJECTION = 64
@@ -56,28 +54,30 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
         symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """A word-level CLIP tokenizer: every vocabulary word is one token, others are unknown.
+def clip_tokenizer(*groups: list[str]) -> CLIPTokenizer:
+    """A word-level CLIP tokenizer: every word of GROUPS is one token, others are unknown.
 
     CLIP's tokenizer is byte-pair encoding. Merges are added, in rank order, until every
-    vocabulary word comes out whole: where an earlier word's merges cut a later word into
-    other pieces, merges joining those pieces follow.
+    word comes out whole: where an earlier word's merges cut a later word into other pieces,
+    merges joining those pieces follow. A group's merges and pieces all come after the earlier
+    groups', so a tokenizer with a group added splits and numbers the earlier words as before
+    (a new merge ranks below all of theirs, which complete each of them).
     """
-    words = vocabulary()
     ranks: dict[tuple[str, str], int] = {}
     # The BPE model wants every piece a merge makes or uses in the vocabulary, too.
     pieces: dict[str, None] = {BOS: None, EOS: None, UNKNOWN: None}
-    pending = list(words)
-    while pending:
-        for word in pending:
-            symbols = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
-            pieces.update(dict.fromkeys(symbols))
-            built = symbols[0]
-            for symbol in symbols[1:]:
-                ranks.setdefault((built, symbol), len(ranks))
-                built += symbol
-                pieces[built] = None
-        pending = [w for w in words if len(_bpe([*w[:-1], w[-1] + "</w>"], ranks)) > 1]
+    for words in groups:
+        pending = list(words)
+        while pending:
+            for word in pending:
+                symbols = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
+                pieces.update(dict.fromkeys(symbols))
+                built = symbols[0]
+                for symbol in symbols[1:]:
+                    ranks.setdefault((built, symbol), len(ranks))
+                    built += symbol
+                    pieces[built] = None
+            pending = [w for w in words if len(_bpe([*w[:-1], w[-1] + "</w>"], ranks)) > 1]
     vocab = {token: index for index, token in enumerate(pieces)}
     return CLIPTokenizer(
         vocab=vocab,
@@ -91,10 +91,10 @@ def clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def t5_tokenizer() -> T5TokenizerFast:
+def t5_tokenizer(words: list[str]) -> T5TokenizerFast:
     """T5's own kind of tokenizer (a unigram model over "▁word" pieces) with our vocabulary."""
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), (",", -1.0)]
-    pieces += [("▁" + word, -1.0) for word in vocabulary()]
+    pieces += [("▁" + word, -1.0) for word in words]
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_TOKENS)
 
 
@@ -186,9 +186,11 @@ def pipeline(
     vae: AutoencoderKL,
     denoiser: SD3Transformer2DModel,
     encoders: tuple[CLIPTextModelWithProjection, CLIPTextModelWithProjection],
+    words: tuple[list[str], ...],
 ) -> StableDiffusion3Pipeline:
-    clip = clip_tokenizer()
-    t5 = t5_tokenizer()
+    """The pipeline, its tokenizers knowing the WORDS (groups, as `clip_tokenizer` takes)."""
+    clip = clip_tokenizer(*words)
+    t5 = t5_tokenizer([w for group in words for w in group])
     return StableDiffusion3Pipeline(
         transformer=denoiser,
         scheduler=scheduler(),
@@ -196,7 +198,7 @@ def pipeline(
         text_encoder=encoders[0],
         tokenizer=clip,
         text_encoder_2=encoders[1],
-        tokenizer_2=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(*words),
         text_encoder_3=silent_t5(t5),
         tokenizer_3=t5,
     )

@@ -67,6 +67,12 @@ class Report:
                 + ("-" if free is None else f"{free:.1%}")
                 + f" | >= {target:.0%} |"
             )
+        free_clean = self.free_place_accuracy.get("clean")
+        lines.append(
+            f"| clean pixels (crisp shape) | {self.accuracy.get('clean', 0):.1%} | "
+            + ("-" if free_clean is None else f"{free_clean:.1%}")
+            + " | |"
+        )
         lines.append(
             f"| one image, one thread | {self.seconds_per_image_one_thread:.2f} s | "
             f"| <= {SECONDS_TARGET} s |"
@@ -154,9 +160,11 @@ def score(
     place: bool = True,
     caption: Callable[[scenes.Scene], str] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """The fraction of pictures that get each attribute right, and the prompts of those that
-    miss any. Prompts are the plain captions (with the place, or without), or CAPTION's."""
+    """The fraction of pictures that get each attribute right (and, as "clean", the mean share
+    of their pixels that are the shape's or the background's colour), and the prompts of those
+    that miss any. Prompts are the plain captions (with the place, or without), or CAPTION's."""
     right = dict.fromkeys(analysis.ATTRIBUTES, 0)
+    clean = 0.0
     misses = []
     batch = 10
     for start in range(0, len(chosen), batch):
@@ -169,12 +177,15 @@ def score(
             generate(pipe, prompts, seeds, size, steps, guidance_scale),
             strict=True,
         ):
-            found = analysis.read(image).matches(scene)
+            reading = analysis.read(image)
+            clean += reading.clean
+            found = reading.matches(scene)
             for name, ok in found.items():
                 right[name] += ok
             if not all(found.values()):
                 misses.append({"prompt": prompt, "wrong": [n for n, ok in found.items() if not ok]})
-    return {name: n / len(chosen) for name, n in right.items()}, misses
+    scores = {name: n / len(chosen) for name, n in right.items()}
+    return {**scores, "clean": clean / len(chosen)}, misses
 
 
 SAMPLE_PROMPTS = (

@@ -21,6 +21,9 @@ from pathlib import Path
 from . import components, evaluation, scenes
 
 GRAMMAR = "grammar"
+# Captions as stage 5 trains on them (`captions.phrased`), those naming all five attributes:
+# the seen phrasings. The families below are held out of training whole.
+SEEN = "seen"
 PROMPTS_PER_FAMILY = 60
 PHRASING_SEED = 11
 
@@ -92,7 +95,19 @@ def phrase(template: str, scene: scenes.Scene) -> str:
 def prompts_for(family: str, chosen: list[scenes.Scene]) -> list[str]:
     """One prompt per scene, each from one of the family's templates (a fixed draw)."""
     rng = random.Random(f"{PHRASING_SEED}-{family}")
+    if family == SEEN:
+        return [_seen(scene, rng) for scene in chosen]
     return [phrase(rng.choice(FAMILIES[family]), scene) for scene in chosen]
+
+
+def _seen(scene: scenes.Scene, rng: random.Random) -> str:
+    # Imported here: `captions` holds out this module's families, so it imports this module.
+    from .captions import phrased
+
+    while True:
+        text, named = phrased(scene, rng)
+        if len(named) == len(evaluation.TARGETS):
+            return text
 
 
 @dataclass
@@ -109,7 +124,8 @@ class PhrasingReport:
         names = list(evaluation.TARGETS)
         lines = [
             f"{self.prompts_per_family} held-out scenes per family, {self.size}x{self.size}, "
-            f"{self.steps} steps, guidance {self.guidance_scale}:",
+            f"{self.steps} steps, guidance {self.guidance_scale}; `{GRAMMAR}` and `{SEEN}` are "
+            "phrasings training saw, every other family's templates it never saw:",
             "",
             "| phrasing | " + " | ".join(names) + " | all five |",
             "| --- |" + " --- |" * (len(names) + 1),
@@ -135,7 +151,7 @@ def evaluate_phrasings(
     pipe.set_progress_bar_config(disable=True)
     chosen = evaluation.evaluation_scenes(count)
     accuracy, examples = {}, {}
-    for family in families or list(FAMILIES):
+    for family in families or [GRAMMAR, SEEN, *(f for f in FAMILIES if f != GRAMMAR)]:
         prompts = dict(zip(chosen, prompts_for(family, chosen), strict=True))
         scores, misses = evaluation.score(
             pipe, chosen, size, steps, guidance_scale, caption=prompts.__getitem__

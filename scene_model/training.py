@@ -11,6 +11,7 @@ import math
 import random
 import string
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import channels, components, scenes, serving
+from . import captions, channels, components, scenes, serving
 
 SEED = 20261201
 
@@ -64,12 +65,53 @@ class Plan:
     # against the denoiser's 2.
     caption_heads: float = 0.1
     warmup: int = 400
+    # Stage 5: the stage-4 model taught ordinary phrasings (`captions`), the rate warming up,
+    # constant, then decaying to zero over the last PHRASING_DECAY steps as stage 4's does.
+    phrasing_steps: int = 4000
+    phrasing_decay: int = 2000
+    phrasing_lr: float = 3e-4
+    phrasing_warmup: int = 100
     empty_caption: float = 0.1  # classifier-free guidance needs the unconditioned case
     stray_word: float = 0.05  # an unknown word in the caption must not derail the picture
     statistics_pictures: int = 256  # that the latents' shift and scale are measured on
     balanced_channels: bool = True  # see `balance_channels`
     checkpoint_every: int = 250
     threads: int = 2
+
+
+@dataclass(frozen=True)
+class Denoising:
+    """One denoiser stage's schedule, from the plan."""
+
+    name: str  # of its checkpoint file and its random streams
+    steps: int
+    decay: int
+    lr: float
+    warmup: int
+    # A scene's training caption and the attributes it names.
+    describe: Callable[[scenes.Scene, random.Random], tuple[str, frozenset[str]]]
+
+
+def grammar_stage(plan: Plan) -> Denoising:
+    return Denoising(
+        "denoiser",
+        plan.denoiser_steps,
+        plan.denoiser_decay,
+        plan.denoiser_lr,
+        plan.warmup,
+        scenes.described,
+    )
+
+
+def phrasing_stage(plan: Plan) -> Denoising:
+    return Denoising(
+        "phrasing",
+        plan.phrasing_steps,
+        plan.phrasing_decay,
+        plan.phrasing_lr,
+        plan.phrasing_warmup,
+        captions.phrased,
+    )
 
 
 def _rng(*parts: object) -> random.Random:
@@ -319,12 +361,12 @@ def encode_captions(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tens
 
 
 def training_caption(
-    scene: scenes.Scene, rng: random.Random, plan: Plan
+    scene: scenes.Scene, rng: random.Random, plan: Plan, stage: Denoising
 ) -> tuple[str, frozenset[str]]:
     """A caption for training and the attributes it names."""
     if rng.random() < plan.empty_caption:
         return "", frozenset()
-    text, named = scenes.described(scene, rng)
+    text, named = stage.describe(scene, rng)
     if rng.random() < plan.stray_word:
         words = text.split()
         stray = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 8)))
@@ -387,36 +429,51 @@ def _trained_modules(pipe) -> dict[str, torch.nn.Module]:
     }
 
 
-def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
-    path = work / "denoiser.pt"
+def train_denoiser(
+    work: Path,
+    pipe,
+    pools: list[Pool],
+    plan: Plan,
+    stage: Denoising | None = None,
+    base: str = "fresh weights",
+) -> None:
+    """Train STAGE (stage 4 unless given) from PIPE's weights, which BASE names: a checkpoint
+    started from other weights is refused, not finished."""
+    stage = stage or grammar_stage(plan)
+    path = work / f"{stage.name}.pt"
     modules = _trained_modules(pipe)
     heads = CaptionHeads(pipe.transformer.config.pooled_projection_dim)
     heads_trained = plan.caption_heads > 0
     trained = [*modules.values(), heads] if heads_trained else modules.values()
     params = [p for m in trained for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=plan.denoiser_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step = 0
-    schedule = (plan.denoiser_steps, plan.denoiser_decay)
-    decay_from = plan.denoiser_steps - plan.denoiser_decay
+    schedule = (stage.steps, stage.decay)
+    decay_from = stage.steps - stage.decay
     if path.exists():
         state = torch.load(path, weights_only=False)
         step = state["step"]
         steps, decay = state.get("schedule", schedule)
         agreed = min(decay_from, steps - decay)  # the last step both schedules give one rate
         if (steps, decay) != schedule and step > agreed:
-            kept = work / f"denoiser-{agreed}.pt"
+            kept = work / f"{stage.name}-{agreed}.pt"
             raise ValueError(
                 f"{path} is at step {step} of a run of {steps} steps decaying over the last "
-                f"{decay}; this plan ({plan.denoiser_steps} steps, decaying over the last "
-                f"{plan.denoiser_decay}) sets other rates after step {agreed}. Continue from "
+                f"{decay}; this plan ({stage.steps} steps, decaying over the last "
+                f"{stage.decay}) sets other rates after step {agreed}. Continue from "
                 f"a checkpoint taken at or before step {agreed}"
                 + (f": copy {kept} over it." if agreed == steps - decay else ".")
+            )
+        if state.get("base", base) != base:
+            raise ValueError(
+                f"{path} continues {state['base']}, not {base}: delete it (and its "
+                f"{stage.name}-*.pt) to train the {stage.name} stage on from {base}."
             )
         had, wants = ("with" if yes else "without" for yes in ("heads" in state, heads_trained))
         if had != wants:
             raise ValueError(
                 f"{path} was trained {had} caption heads, this plan trains {wants}: delete it "
-                "(and its denoiser-*.pt) to train the denoiser afresh."
+                f"(and its {stage.name}-*.pt) to train the {stage.name} stage afresh."
             )
         for name, module in modules.items():
             module.load_state_dict(state["model"][name])
@@ -426,16 +483,16 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
     pipe.transformer.set_attn_processor(SilentT5Attention(components.T5_TOKENS))
     for module in modules.values():
         module.train()
-    bar = tqdm(total=plan.denoiser_steps, initial=step, desc="denoiser", unit="step")
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, unit="step")
     started, losses = time.monotonic(), []
-    while step < plan.denoiser_steps:
-        rng = _rng("denoiser", step)
+    while step < stage.steps:
+        rng = _rng(stage.name, step)
         pool = rng.choices(pools, weights=plan.pool_weights)[0]
         picks = [rng.randrange(len(pool.scenes)) for _ in range(pool.batch)]
         latents = pool.latents[picks]
-        told = [training_caption(pool.scenes[i], rng, plan) for i in picks]
+        told = [training_caption(pool.scenes[i], rng, plan, stage) for i in picks]
         captions = [text for text, _ in told]
-        noise_gen = _generator("denoiser-noise", step)
+        noise_gen = _generator(f"{stage.name}-noise", step)
         # Logit-normal times, as SD3 trains: most weight on the middle of the path.
         sigmas = torch.sigmoid(torch.randn(pool.batch, generator=noise_gen))
         noise = torch.randn(latents.shape, generator=noise_gen)
@@ -458,8 +515,8 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
             facts = [(pool.scenes[i], named) for i, (_, named) in zip(picks, told, strict=True)]
             loss = loss + plan.caption_heads * heads.loss(pooled, facts)
         for group in optimizer.param_groups:
-            group["lr"] = plan.denoiser_lr * min(
-                1.0, (step + 1) / plan.warmup, (plan.denoiser_steps - step) / plan.denoiser_decay
+            group["lr"] = stage.lr * min(
+                1.0, (step + 1) / stage.warmup, (stage.steps - step) / stage.decay
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -469,30 +526,31 @@ def train_denoiser(work: Path, pipe, pools: list[Pool], plan: Plan) -> None:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-        if step % plan.checkpoint_every == 0 or step in (decay_from, plan.denoiser_steps):
+        if step % plan.checkpoint_every == 0 or step in (decay_from, stage.steps):
             state = {
                 "model": {n: m.state_dict() for n, m in modules.items()},
                 **({"heads": heads.state_dict()} if heads_trained else {}),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "schedule": schedule,
+                "base": base,
                 "seconds": time.monotonic() - started,
             }
             _save(path, state)
             if step == decay_from:
                 # A longer plan decays later, so it can only continue from here.
-                _save(work / f"denoiser-{step}.pt", state)
+                _save(work / f"{stage.name}-{step}.pt", state)
     bar.close()
 
 
-def trained_pipeline(work: Path, vae):
-    """The pipeline with the weights of the latest denoiser checkpoint.
+def trained_pipeline(work: Path, vae, stage: str = "phrasing"):
+    """The pipeline with the weights of STAGE's latest checkpoint.
 
     Not an average of recent weights (EMA): at the end of a long decay to a zero rate the
     weights have settled, and an EMA over the last 1,000 steps drew worse (docs/default-model.md).
     """
-    pipe = fresh_pipeline(vae)
-    state = torch.load(work / "denoiser.pt", weights_only=False)
+    pipe = fresh_pipeline(vae) if stage == "denoiser" else taught_phrasings(fresh_pipeline(vae))
+    state = torch.load(work / f"{stage}.pt", weights_only=False)
     for name, module in _trained_modules(pipe).items():
         module.load_state_dict(state["model"][name])
     return pipe, state["step"]
@@ -500,9 +558,48 @@ def trained_pipeline(work: Path, vae):
 
 def fresh_pipeline(vae):
     torch.manual_seed(SEED + 1)
-    tokenizer = components.clip_tokenizer()
+    tokenizer = components.clip_tokenizer(scenes.vocabulary())
     encoders = (components.clip_encoder(tokenizer), components.clip_encoder(tokenizer))
-    return components.pipeline(vae, components.transformer(), encoders)
+    return components.pipeline(vae, components.transformer(), encoders, (scenes.vocabulary(),))
+
+
+def taught_phrasings(pipe):
+    """PIPE (stage 4's) with tokenizers that know `captions.added_words` too. A grammar caption
+    encodes as before; the new words' embeddings start as the unknown token's (stage 4 read
+    them as pieces of its own words, or as unknown)."""
+    words = (scenes.vocabulary(), captions.added_words())
+    wider = components.pipeline(
+        pipe.vae, pipe.transformer, (pipe.text_encoder, pipe.text_encoder_2), words
+    )
+    unknown = wider.tokenizer.unk_token_id
+    for encoder in (wider.text_encoder, wider.text_encoder_2):
+        known = encoder.get_input_embeddings().num_embeddings
+        encoder.resize_token_embeddings(len(wider.tokenizer))
+        with torch.no_grad():
+            table = encoder.get_input_embeddings().weight
+            table[known:] = table[unknown]
+    return wider
+
+
+def unpacked(model: Path):
+    """Stages 1 to 4 as exported into MODEL: its autoencoder and stage-4 pipeline, narrowed back
+    to the 8 channels they were trained in (see `channels`)."""
+    from diffusers import DiffusionPipeline
+
+    shipped = DiffusionPipeline.from_pretrained(model)
+    if len(shipped.tokenizer) != len(components.clip_tokenizer(scenes.vocabulary())):
+        raise ValueError(
+            f"{model} already knows words beyond the training grammar: it is not a stage-4 "
+            "export. Start from the export of a run without stage 5, or train from scratch."
+        )
+    vae = channels.narrow_autoencoder(shipped.vae)
+    encoders = (shipped.text_encoder, shipped.text_encoder_2)
+    denoiser = channels.narrow_transformer(shipped.transformer)
+    return vae, components.pipeline(vae, denoiser, encoders, (scenes.vocabulary(),))
+
+
+# The autoencoder of the export a run started from (`train`'s START), for `export`.
+STARTED_FROM = "started-from-vae.pt"
 
 
 def load_autoencoder(work: Path, stage: str = "autoencoder"):
@@ -511,28 +608,49 @@ def load_autoencoder(work: Path, stage: str = "autoencoder"):
     return vae.eval().requires_grad_(False)
 
 
-def train(work: Path, plan: Plan) -> None:
-    torch.set_num_threads(plan.threads)
-    work.mkdir(parents=True, exist_ok=True)
-    vae = train_autoencoder(work, plan)
-    refine_decoder(work, vae, plan)
-    fix_latent_space(vae, plan)
-    pools = build_pools(work, vae, plan)
-    pipe = fresh_pipeline(vae)
-    train_denoiser(work, pipe, pools, plan)
-
-
-def export(work: Path, out: Path, plan: Plan) -> int:
-    """Save the trained weights as a diffusers folder; returns the denoiser step they are from.
-
-    The folder carries the latents in 16 channels, which SD3 inpainting needs (see `channels`),
-    and the serving defaults the runtime reads (`serving.json`, see `serving`).
-    """
+def _latent_space(work: Path, plan: Plan):
+    if (work / STARTED_FROM).exists():
+        vae = components.autoencoder()
+        state = torch.load(work / STARTED_FROM, weights_only=False)
+        vae.register_to_config(**state["config"])
+        vae.load_state_dict(state["model"])
+        return vae.eval().requires_grad_(False)
     vae = load_autoencoder(work, "decoder" if (work / "decoder.pt").exists() else "autoencoder")
     # The balance and the statistics are the encoder's, which the decoder stage leaves exactly
     # as it was.
     fix_latent_space(vae, plan)
-    pipe, step = trained_pipeline(work, vae)
+    return vae
+
+
+def train(work: Path, plan: Plan, start: Path | None = None) -> None:
+    """Train every stage, resuming from WORK's checkpoints; with START, a stage-4 export,
+    stages 1 to 4 are START's and only the pools and stage 5 run."""
+    torch.set_num_threads(plan.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    if start is None:
+        vae = train_autoencoder(work, plan)
+        refine_decoder(work, vae, plan)
+        fix_latent_space(vae, plan)
+        pools = build_pools(work, vae, plan)
+        train_denoiser(work, fresh_pipeline(vae), pools, plan)
+        stage4, step = trained_pipeline(work, vae, "denoiser")
+        base = f"denoiser.pt at step {step} of {grammar_stage(plan).steps}"
+    else:
+        vae, stage4 = unpacked(start)
+        config = {k: vae.config[k] for k in ("shift_factor", "scaling_factor")}
+        _save(work / STARTED_FROM, {"model": vae.state_dict(), "config": config})
+        pools = build_pools(work, vae, plan)
+        base = f"the export in {start}"
+    train_denoiser(work, taught_phrasings(stage4), pools, plan, phrasing_stage(plan), base)
+
+
+def export(work: Path, out: Path, plan: Plan) -> int:
+    """Save the trained weights as a diffusers folder; returns the stage-5 step they are from.
+
+    The folder carries the latents in 16 channels, which SD3 inpainting needs (see `channels`),
+    and the serving defaults the runtime reads (`serving.json`, see `serving`).
+    """
+    pipe, step = trained_pipeline(work, _latent_space(work, plan))
     channels.widen(pipe)
     pipe.save_pretrained(out, safe_serialization=True)
     serving.write_serving_file(out)

@@ -74,3 +74,16 @@ def test_a_wide_round_trip_equals_the_narrow_one(narrow_and_wide):
             atol=1e-5,
             rtol=1e-4,
         )
+
+
+def test_narrowing_gives_back_the_trained_eight_channels(narrow_and_wide):
+    narrow, wide = narrow_and_wide
+    pairs = (
+        (channels.narrow_transformer(wide.transformer), narrow.transformer),
+        (channels.narrow_autoencoder(wide.vae), narrow.vae),
+    )
+    for back, trained in pairs:
+        assert back.config == trained.config
+        expected = trained.state_dict()
+        for key, value in back.state_dict().items():
+            assert torch.allclose(value, expected[key], atol=1e-6), key

@@ -49,7 +49,7 @@ def test_the_plain_caption_names_every_attribute_or_leaves_the_place_free():
 
 
 def test_every_vocabulary_word_is_one_clip_token_and_unknown_words_do_not_end_the_prompt():
-    tokenizer = components.clip_tokenizer()
+    tokenizer = components.clip_tokenizer(scenes.vocabulary())
     for word in scenes.vocabulary():
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     ids = tokenizer("a red zebra on a blue background").input_ids

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scene_model import components, scenes, training
+from scene_model import channels, components, scenes, training
 
 TINY = training.Plan(
     autoencoder=training.Reconstruction("autoencoder", 4, 2, 32, 1e-3),
@@ -22,6 +22,9 @@ TINY = training.Plan(
     denoiser_steps=4,
     denoiser_decay=2,
     warmup=2,
+    phrasing_steps=4,
+    phrasing_decay=2,
+    phrasing_warmup=2,
     statistics_pictures=8,
     checkpoint_every=2,
 )
@@ -33,9 +36,13 @@ class Stopped(Exception):
 
 def _weights(work: Path) -> dict[str, torch.Tensor]:
     found = {}
-    for name in ("autoencoder", "decoder", "denoiser"):
+    for name in ("autoencoder", "decoder", "denoiser", "phrasing"):
         state = torch.load(work / f"{name}.pt", weights_only=False)
-        models = state["model"] if name != "denoiser" else state["model"]["transformer"]
+        models = (
+            state["model"]
+            if name in ("autoencoder", "decoder")
+            else state["model"]["text_encoder"] | state["model"]["transformer"]
+        )
         found.update({f"{name}.{k}": v for k, v in models.items()})
     return found
 
@@ -61,8 +68,9 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, plan):
 
     monkeypatch.setattr(training, "_save", save_then_stop)
     resumed = tmp_path / "resumed"
-    # Stop after the autoencoder's first checkpoint, then in the middle of the denoiser.
-    for stop_after in (1, 3):
+    # Stop after the autoencoder's first checkpoint, in the middle of the denoiser, then in the
+    # middle of stage 5.
+    for stop_after in (1, 3, 4):
         saves["left"] = stop_after
         with pytest.raises(Stopped):
             training.train(resumed, plan)
@@ -86,6 +94,10 @@ def test_a_longer_plan_continues_only_from_where_the_decay_began(tmp_path):
     with pytest.raises(ValueError, match=r"denoiser-2\.pt"):
         training.train(extended, longer)
     shutil.copy(extended / "denoiser-2.pt", extended / "denoiser.pt")
+    # Stage 5 went on from the shorter stage 4: it is refused, not kept.
+    with pytest.raises(ValueError, match=r"phrasing\.pt continues denoiser\.pt at step 4 of 4"):
+        training.train(extended, longer)
+    (extended / "phrasing.pt").unlink()
     training.train(extended, longer)
 
     expected, found = _weights(straight), _weights(extended)
@@ -142,3 +154,29 @@ def test_the_caption_heads_read_what_a_caption_names_and_nothing_else():
     pooled = torch.zeros(1, 4)
     assert heads.loss(pooled, [(scene, named)]) < 1e-6
     assert heads.loss(pooled, [(scene, frozenset({"shape"}))]) > 10
+
+
+def test_stage_five_starts_from_an_export_and_draws_what_stage_four_drew(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    training.train(work, TINY)
+    pipe, _ = training.trained_pipeline(work, training._latent_space(work, TINY), "denoiser")
+    channels.widen(pipe)
+    pipe.save_pretrained(out)
+    vae, stage4 = training.unpacked(out)
+    taught = training.taught_phrasings(stage4)
+    # A grammar caption encodes as before; the new words are words now, and start as unknown.
+    caption = ["a small red circle on a blue background"]
+    before, pooled_before = training.encode_captions(stage4, caption)
+    after, pooled_after = training.encode_captions(taught, caption)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert torch.allclose(pooled_before, pooled_after, atol=1e-5)
+    table = taught.text_encoder.get_input_embeddings().weight
+    for word in ("image", "against"):
+        (token,) = taught.tokenizer(word, add_special_tokens=False).input_ids
+        assert torch.equal(table[token], table[taught.tokenizer.unk_token_id])
+
+    again = tmp_path / "again"
+    training.train(again, TINY, start=out)
+    training.export(again, tmp_path / "phrased", TINY)
+    with pytest.raises(ValueError, match="not a stage-4 export"):
+        training.unpacked(tmp_path / "phrased")
