@@ -7,6 +7,9 @@ result). `code` labels metrics and is REST's `error.code`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ServiceError(Exception):
     """What happened and what to do, in the message. `status` is the REST status code."""
@@ -190,3 +193,14 @@ class RuntimeRejectedError(RuntimeCallError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="invalid_request", status=400)
+
+
+def field_problems(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as "field: what is wrong and what is allowed; ...", without its links
+    to its documentation (a person or a model reads these, not a pydantic developer)."""
+    parts = []
+    for error in errors:
+        field = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)

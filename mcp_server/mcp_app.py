@@ -16,14 +16,22 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp_types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    ContentBlock,
+    ImageContent,
+    ResourceLink,
+    TextContent,
+)
 from mcp_types import ToolAnnotations as Hints
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from mcp_server import metrics
-from mcp_server.errors import NotFoundError, ServiceError
+from mcp_server.errors import NotFoundError, ServiceError, field_problems
 from mcp_server.generation import (
     MIME_TYPES,
     EditRequest,
@@ -46,6 +54,9 @@ inline image plus a resource_link (and, over HTTP, a URL) to the full image, whi
 after a while. Pass the returned seed again to reproduce an image."""
 
 JobId = Annotated[str, Field(description="From start_generation.")]
+# get_generation's default wait: under the 5 s request timeout of the shortest common client
+# (openai-agents' MCP client), long enough that polling is not a busy loop.
+WAIT_SECONDS = 3.0
 
 
 class ModelList(BaseModel):
@@ -102,14 +113,19 @@ class Tools:
         self,
         job_id: JobId,
         wait_seconds: Annotated[
-            float, Field(ge=0, le=300, description="Wait up to this long for the end.")
-        ] = 0,
+            float,
+            Field(
+                ge=0,
+                le=300,
+                description="Wait up to this long for the end; keep it a second or more under "
+                "your tool-call timeout (the default suits a 5 s one).",
+            ),
+        ] = WAIT_SECONDS,
         include_preview: Annotated[
             bool, Field(description="While running, add the latest partial image.")
         ] = False,
     ) -> Annotated[CallToolResult, JobState]:
-        """A job's status and progress; once succeeded, the same result as generate_image.
-        Keep wait_seconds below your tool-call timeout."""
+        """A job's status and progress; once succeeded, the same result as generate_image."""
         state = await self.jobs.get(job_id, wait_seconds)
         blocks: list[ContentBlock] = []
         if state.status == "succeeded" and state.result is not None:
@@ -119,7 +135,8 @@ class Tools:
         elif state.status in ("queued", "running"):
             text = (
                 f"Job {state.job_id} is {state.status}: step {state.step}/"
-                f"{state.total_steps or '?'}. Call get_generation again (wait_seconds up to 50)."
+                f"{state.total_steps or '?'}. Call get_generation again (wait_seconds a second "
+                "or more under your tool-call timeout)."
             )
             preview = await self._preview_block(job_id) if include_preview else None
             if preview is not None:
@@ -265,7 +282,7 @@ def build_mcp(
     # Hints say what a client may assume: nothing here reaches outside this service.
     writes = Hints(read_only_hint=False, destructive_hint=False, idempotent_hint=False)
     reads = Hints(read_only_hint=True, idempotent_hint=True)
-    mcp = MCPServer(
+    mcp = _Server(
         "diffusers-mcp",
         instructions=INSTRUCTIONS,
         version="0.1.0",
@@ -289,6 +306,19 @@ def build_mcp(
     return mcp
 
 
+class _Server(MCPServer):
+    async def get_prompt(self, name: str, arguments: Any = None, context: Any = None) -> Any:
+        """The SDK's, with the spec's code for a caller's mistake: an unknown prompt or bad
+        arguments are invalid params (-32602), not an internal error."""
+        known = [prompt.name for prompt in await self.list_prompts()]
+        if name not in known:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt {name!r}; prompts/list has {known}")
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:
+            raise MCPError(INVALID_PARAMS, f"Prompt {name!r}: {exc}") from None
+
+
 def _tool(
     handler: Callable[..., Awaitable[Any]],
     title: str,
@@ -300,18 +330,34 @@ def _tool(
     name = handler.__name__
     guarded = _guarded(name, handler)
     function = guarded if arguments is None else _flat(guarded, arguments)
-    tool = Tool.from_function(
+    tool = _ArgumentsExplained.from_function(
         function,
         name=name,
         description=" ".join((handler.__doc__ or "").split()),
         annotations=hints.model_copy(update={"title": title, "open_world_hint": False}),
     )
     # Validation uses the argument and output models, never these published schemas: they
-    # can be as compact as an agent's context wants.
-    tool.parameters = compact_schema(tool.parameters, nullable=False)
+    # can be as compact as an agent's context wants. Inputs are closed objects whose optional
+    # fields take null: strict-mode conversions (openai-agents, langchain, pydantic-ai on
+    # OpenAI) make every field required, and a model then sends null for "the default".
+    tool.parameters = {**compact_schema(tool.parameters), "additionalProperties": False}
     if tool.fn_metadata.output_schema is not None:
         tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema)
     return tool
+
+
+class _ArgumentsExplained(Tool):
+    """A tool whose argument errors name each field, what was wrong and what is allowed,
+    without pydantic's documentation links: they are read by a model."""
+
+    async def run(self, arguments: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().run(arguments, *args, **kwargs)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = field_problems(exc.__cause__.errors())
+            raise ToolError(f"Invalid arguments for {self.name}: {problems}") from None
 
 
 def _guarded(name: str, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -341,7 +387,11 @@ def _flat(
     """HANDLER(ctx, request) as a function whose parameters are ARGUMENTS' fields."""
 
     async def tool(ctx: Context, **fields: Any) -> Any:
-        return await handler(ctx, GenerationRequest(**fields))
+        try:
+            request = GenerationRequest(**fields)
+        except ValidationError as exc:
+            raise ServiceError(f"Invalid arguments: {field_problems(exc.errors())}") from None
+        return await handler(ctx, request)
 
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Context)
     parameters = [
@@ -349,7 +399,12 @@ def _flat(
             name,
             inspect.Parameter.KEYWORD_ONLY,
             annotation=Annotated[
-                (field.annotation, *field.metadata, Field(description=field.description))
+                (
+                    field.annotation,
+                    *field.metadata,
+                    Field(description=field.description),
+                    *(() if field.is_required() else (EMPTY_IS_NULL,)),
+                )
             ],
             default=inspect.Parameter.empty if field.is_required() else field.default,
         )
@@ -361,33 +416,39 @@ def _flat(
     return tool
 
 
-def compact_schema(node: Any, *, nullable: bool = True) -> Any:
+def _empty_is_null(value: object) -> object:
+    return None if value == "" else value
+
+
+# An empty string means the default, as null does: strict-mode clients send one for what they
+# would leave out. No optional argument here has a meaningful empty value.
+EMPTY_IS_NULL = BeforeValidator(_empty_is_null)
+
+
+def compact_schema(node: Any) -> Any:
     """A JSON schema without what an agent pays for and never needs: generated titles, the
-    defaults `default: null` and `additionalProperties: true`, and `anyOf` with null (an
-    optional argument is simply left out; a nullable value becomes `"type": [T, "null"]`)."""
+    defaults `default: null` and `additionalProperties: true`, and `anyOf` with null (a
+    nullable value becomes `"type": [T, "null"]`, an enum's null one of its values)."""
     if isinstance(node, list):
-        return [compact_schema(item, nullable=nullable) for item in node]
+        return [compact_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
     compact: dict[str, Any] = {}
     for key, value in node.items():
         if key == "properties":
-            compact[key] = {
-                field: compact_schema(schema, nullable=nullable) for field, schema in value.items()
-            }
+            compact[key] = {field: compact_schema(schema) for field, schema in value.items()}
         elif key == "title" or (key, value) in (("default", None), ("additionalProperties", True)):
             continue
         else:
-            compact[key] = compact_schema(value, nullable=nullable)
+            compact[key] = compact_schema(value)
     options = compact.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
         (other,) = [option for option in options if option != {"type": "null"}]
-        if not nullable:
-            del compact["anyOf"]
-            compact = {**other, **compact}
-        elif isinstance(other.get("type"), str) and "enum" not in other:
+        if isinstance(other.get("type"), str):
             del compact["anyOf"]
             compact = {**other, **compact, "type": [other["type"], "null"]}
+            if "enum" in other:
+                compact["enum"] = [*other["enum"], None]
     return compact
 
 
@@ -395,6 +456,8 @@ def _register_resources(mcp: MCPServer, service: ImageService) -> None:
     async def read_image(image_id: str) -> bytes:
         try:
             return (await service.read_image(image_id)).data
+        except NotFoundError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
         except ServiceError as exc:
             raise ResourceError(str(exc)) from None
 

@@ -18,7 +18,12 @@ from fastapi import APIRouter, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 
-from mcp_server.errors import InvalidRequestError, MethodNotAllowedError, ServiceError
+from mcp_server.errors import (
+    InvalidRequestError,
+    MethodNotAllowedError,
+    ServiceError,
+    field_problems,
+)
 from mcp_server.generation import (
     WHOLE,
     EditFields,
@@ -73,14 +78,9 @@ Flag = Annotated[bool, BeforeValidator(_flag)]
 
 def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
     """One error naming every bad field; the first one is OpenAI's `param`."""
-    parts, first = [], None
-    for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
-        first = first or field
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{field}: {message}")
-    return InvalidRequestError("Invalid request: " + "; ".join(parts), param=first)
+    loc = [str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body"]
+    first = ".".join(loc) or "body" if errors else None
+    return InvalidRequestError("Invalid request: " + field_problems(errors), param=first)
 
 
 class OpenAIFields(OutputOptions):

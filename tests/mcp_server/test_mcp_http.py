@@ -81,7 +81,7 @@ def test_tools_list_fits_an_agents_context_without_losing_a_field(
     listed = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
     size = len(json.dumps({"tools": listed}))
     print(f"tools/list: {size} characters")
-    assert size < 12_600
+    assert size < 13_400
     schemas = {tool.name: tool for tool in tools}
     for name, model in (
         ("generate_image", GenerationFields),
@@ -445,3 +445,88 @@ def test_edit_image_reworks_and_inpaints_a_stored_image(mcp_server: ServerProces
     assert foreign.is_error and "image: " in foreign.content[0].text
     assert "not an image of this server" in foreign.content[0].text
     assert expired.is_error and "expired" in expired.content[0].text
+
+
+def _objects(schema):
+    """Every object schema within SCHEMA, itself included."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            yield schema
+        for value in schema.values():
+            yield from _objects(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _objects(item)
+
+
+def test_inputs_pass_a_strict_mode_conversion_and_null_or_empty_means_the_default(
+    mcp_server: ServerProcess,
+) -> None:
+    """What openai-agents, langchain (strict=True) and pydantic-ai on OpenAI do to a tool: every
+    object closed, every property required, so a model sends null (or "") for what it would
+    omit. The call must mean the defaults, not fail."""
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            nulls = dict.fromkeys(tools["generate_image"].input_schema["properties"])
+            nulls |= {"prompt": "a red circle", **SMALL, "num_inference_steps": 2}
+            with_nulls = await client.call_tool("generate_image", nulls)
+            empties = {"prompt": "a red circle", **SMALL, "num_inference_steps": 2}
+            empties |= {"scheduler": "", "negative_prompt": "", "model": "", "speed": ""}
+            with_empties = await client.call_tool("generate_image", empties)
+            polled = await client.call_tool("get_generation", {"job_id": "A" * 32})
+            return tools, with_nulls, with_empties, polled
+
+    tools, with_nulls, with_empties, polled = run(scenario())
+    for tool in tools.values():
+        schema = tool.input_schema
+        assert schema["additionalProperties"] is False, tool.name
+        for obj in _objects(schema):
+            assert obj.get("additionalProperties") is False, (tool.name, obj)
+        required = set(schema.get("required", ()))
+        for name, prop in schema["properties"].items():
+            if name not in required and "default" not in prop:
+                # Strict conversion makes it required: null must be a value it takes.
+                kinds = prop.get("type")
+                assert isinstance(kinds, list) and "null" in kinds, (tool.name, name, prop)
+                if "enum" in prop:
+                    assert None in prop["enum"], (tool.name, name)
+    assert not with_nulls.is_error, with_nulls.content[0].text
+    assert not with_empties.is_error, with_empties.content[0].text
+    assert with_empties.structured_content["speed"] == with_nulls.structured_content["speed"]
+    wait = tools["get_generation"].input_schema["properties"]["wait_seconds"]
+    assert 0 < wait["default"] < 5 and "timeout" in wait["description"]
+    assert polled.is_error  # an unknown job: a clear tool error, not a timeout
+
+
+def test_errors_are_written_for_the_model_and_carry_the_specs_codes(
+    mcp_server: ServerProcess,
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    async def scenario():
+        async with Client(f"{mcp_server.url}/mcp") as client:
+            bad = await client.call_tool(
+                "generate_image", {"prompt": "x", "width": "wide", "output_format": "gif"}
+            )
+            codes = {}
+            for name, call in (
+                ("prompt", client.get_prompt("no_such_prompt", {})),
+                ("arguments", client.get_prompt("image_prompt", {})),
+                ("resource", client.read_resource("image://generated/" + "B" * 32 + ".png")),
+            ):
+                try:
+                    await call
+                except MCPError as exc:
+                    codes[name] = (exc.error.code, exc.error.message)
+            return bad, codes
+
+    bad, codes = run(scenario())
+    text = bad.content[0].text
+    assert bad.is_error and "width" in text and "output_format" in text
+    assert "'png', 'jpeg' or 'webp'" in text  # what is allowed
+    assert "errors.pydantic.dev" not in text and "For further information" not in text
+    assert codes["prompt"][0] == -32602 and "image_prompt" in codes["prompt"][1]
+    assert codes["arguments"][0] == -32602 and "subject" in codes["arguments"][1]
+    assert codes["resource"][0] == -32602

@@ -162,7 +162,7 @@ def test_stage_five_starts_from_an_export_and_draws_what_stage_four_drew(tmp_pat
     pipe, _ = training.trained_pipeline(work, training._latent_space(work, TINY), "denoiser")
     channels.widen(pipe)
     pipe.save_pretrained(out)
-    vae, stage4 = training.unpacked(out)
+    _, stage4 = training.unpacked(out)
     taught = training.taught_phrasings(stage4)
     # A grammar caption encodes as before; the new words are words now, and start as unknown.
     caption = ["a small red circle on a blue background"]
