@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -46,6 +47,8 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 # The largest body any route needs: an edit's source image and mask as base64 (the runtime takes
 # up to 10 MiB per image). Without a cap a client could make the server buffer any amount.
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# Logged for a request whose client left before any answer (nginx's status for it).
+CLIENT_CLOSED = 499
 
 # Probes and Prometheus cannot send a token. The API docs can (from a browser, with a header
 # extension or through `oc port-forward`), so with a token set they need it too.
@@ -183,12 +186,19 @@ class RequestMiddleware:
         client_token = client_var.set(client_of(scope, headers))
         started = time.monotonic()
         status = 500
+        responded = client_left = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
+
+        async def watched(receive: Receive = receive) -> Message:
+            nonlocal client_left
+            message = await receive()
+            client_left = client_left or message["type"] == "http.disconnect"
+            return message
 
         declared = headers.get(b"content-length", b"0")
         try:
@@ -202,19 +212,26 @@ class RequestMiddleware:
                 await _too_large()(scope, receive, send_with_id)
             else:
                 try:
-                    await self.app(scope, _limited(receive), send_with_id)
+                    await self.app(scope, _limited(watched), send_with_id)
                 except BodyTooLargeError:
                     if status != 500:  # the response had started: nothing more to say
                         raise
                     await _too_large()(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            client_left = True
+            raise
         finally:
+            if client_left and not responded:
+                # The client's own doing (a timeout, a cancel), not a server error: nginx's
+                # "client closed request".
+                status = CLIENT_CLOSED
             elapsed = time.monotonic() - started
             route = _route_label(scope)
             metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
             metrics.HTTP_SECONDS.labels(route).observe(elapsed)
             if scope["path"] not in ("/health", "/metrics"):
                 access_log.log(
-                    logging.INFO if status < 400 else logging.WARNING,
+                    logging.INFO if status < 400 or status == CLIENT_CLOSED else logging.WARNING,
                     "%s %s -> %s in %.0f ms",
                     scope.get("method"),
                     scope["path"],
