@@ -14,6 +14,8 @@ from . import logs
 from .settings import load_settings
 
 if TYPE_CHECKING:
+    from kserve import ModelServer
+
     from .engine import Engine
 
 
@@ -31,6 +33,12 @@ async def _drain_on_sigterm(engine: Engine, grace_seconds: float) -> None:
             uvicorn_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _listen_on(server: ModelServer, host: str) -> None:
+    """A startup hook: uvicorn runs the app's startup before it binds, so the address KServe
+    hard-codes can still be replaced."""
+    server._rest_server.config.host = host
 
 
 def main() -> None:
@@ -74,7 +82,9 @@ def main() -> None:
     model_server.app.router.on_startup.append(
         functools.partial(_drain_on_sigterm, model.serving().engine, grace)
     )
-    ModelServer(grace_period=grace).start([model])
+    server = ModelServer(grace_period=grace)
+    model_server.app.router.on_startup.append(functools.partial(_listen_on, server, settings.host))
+    server.start([model])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ class RuntimeSettings(BaseSettings):
     # Text for a terminal; the container images set json, what log collectors expect.
     log_format: LogFormat = "text"
     log_level: LogLevel = "INFO"
+    # The address KServe's REST server listens on: every interface in a pod (KServe's own choice,
+    # which it offers no flag for); the local stack and the tests set 127.0.0.1.
+    host: str = "0.0.0.0"
 
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_steps: int = Field(100, ge=1)

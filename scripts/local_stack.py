@@ -149,7 +149,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     default_model = Path(model_id).resolve() == DEFAULT_MODEL
-    runtime_env = {"MODEL_ID": model_id, "MODEL_NAME": "model"}
+    # Loopback only, as the MCP server: a laptop's stack is not for the network it is on.
+    runtime_env = {"MODEL_ID": model_id, "MODEL_NAME": "model", "HOST": "127.0.0.1"}
     servers: list[ServerProcess] = []
     try:
         runtime = ServerProcess(

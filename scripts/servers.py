@@ -200,7 +200,13 @@ def start_runtime(
         port=port,
         ready_path="/v1/models/model",
         # JSON, as in the pods; tests/runtime/test_logs.py checks the terminal's text format.
-        env={"MODEL_ID": str(tiny_model_dir()), "MODEL_NAME": "model", "LOG_FORMAT": "json", **env},
+        env={
+            "MODEL_ID": str(tiny_model_dir()),
+            "MODEL_NAME": "model",
+            "LOG_FORMAT": "json",
+            "HOST": "127.0.0.1",
+            **env,
+        },
         log_path=log_dir / f"runtime-{port}.log",
         poll=poll,
     ) as server:

@@ -3,6 +3,7 @@ printed, SIGINT stops both."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,23 @@ from scene_model import analysis
 from scripts.servers import DEFAULT_MODEL, REPO, free_port
 
 FIRST = "a red circle in the center on a blue background"
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses with a TCP socket listening on PORT, from the kernel's tables."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(address)
+                    if width == 4:
+                        found.add(".".join(str(b) for b in reversed(raw)))
+                    else:
+                        found.add("::" if raw == bytes(16) else raw.hex())
+    return found
 
 
 def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
@@ -74,6 +92,8 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
             "center",
         )
         assert httpx.get(url, timeout=10).content == Path(path).read_bytes()
+        for port in (runtime_port, mcp_port):
+            assert _listening(port) == {"127.0.0.1"}, port
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 0
