@@ -34,6 +34,7 @@ from mcp_server.jobs import JobManager
 from mcp_server.limiter import client_var
 from mcp_server.logs import ACCESS_LOGGER
 from mcp_server.mcp_app import build_mcp
+from mcp_server.playground import OPEN_PREFIX, mount_playground
 from mcp_server.registry import ModelRegistry
 from mcp_server.rest import build_router, validation_problem
 from mcp_server.service import ImageService
@@ -50,9 +51,10 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 # Logged for a request whose client left before any answer (nginx's status for it).
 CLIENT_CLOSED = 499
 
-# Probes and Prometheus cannot send a token. The API docs can (from a browser, with a header
-# extension or through `oc port-forward`), so with a token set they need it too.
-OPEN_PATHS = ("/health", "/ready", "/metrics")
+# Probes and Prometheus cannot send a token, nor a browser opening the playground (its files
+# hold no data; what the page asks for needs the token). The API docs can (from a browser, with
+# a header extension or through `oc port-forward`), so with a token set they need it too.
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/")
 
 
 @dataclass
@@ -167,7 +169,8 @@ class RequestMiddleware:
         self.token = token.encode() if token else None
 
     def _authorized(self, scope: Scope) -> bool:
-        if self.token is None or scope["path"] in OPEN_PATHS:
+        path = scope["path"]
+        if self.token is None or path in OPEN_PATHS or path.startswith(OPEN_PREFIX):
             return True
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -259,6 +262,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The router serves the document instead: it adds the served model's limits.
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != app.openapi_url]
     app.include_router(build_router(components.service, settings.public_url))
+    mount_playground(app)
     app.add_api_route(
         "/metrics",
         _prometheus,

@@ -418,6 +418,19 @@ async def _openai_events(
                 quality=result.quality,
                 background=result.background,
                 output_format=ref.mime_type.removeprefix("image/"),
+                # What the non-streamed answer says beside the image, for the playground and
+                # any client that wants the link and the seed of a streamed image.
+                extra={
+                    "id": ref.id,
+                    "url": ref.url,
+                    "model": result.model,
+                    "seed": result.seed,
+                    "num_inference_steps": result.num_inference_steps,
+                    "guidance_scale": result.guidance_scale,
+                    "speed": result.speed,
+                    "timings": result.timings.model_dump(exclude_none=True),
+                    "expires_at": result.expires_at,
+                },
             )
     finally:
         # Also when the client hangs up mid-stream: the runtime stops within one step.

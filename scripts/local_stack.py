@@ -103,6 +103,7 @@ def banner(mcp_port: int, runtime_port: int, default_model: bool) -> str:
         [
             "",
             "=" * 72,
+            f"Playground:        http://127.0.0.1:{mcp_port}/   (open it in a browser)",
             f"MCP server ready:  {mcp_url}",
             f"REST API + docs:   http://127.0.0.1:{mcp_port}/docs",
             f"Runtime:           http://127.0.0.1:{runtime_port}/v1/models/model",

@@ -51,9 +51,10 @@ def image_event(
     background: str | None,
     output_format: str,
     partial_image_index: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
     """KIND.partial_image (with PARTIAL_IMAGE_INDEX) or KIND.completed; KIND is
-    image_generation or image_edit."""
+    image_generation or image_edit. EXTRA adds fields of ours (OpenAI's clients ignore them)."""
     data: dict[str, Any] = {
         "b64_json": b64,
         "created_at": int(time.time()),
@@ -68,7 +69,7 @@ def image_event(
     else:
         name = f"{kind}.partial_image"
         data["partial_image_index"] = partial_image_index
-    return sse(name, {"type": name, **data})
+    return sse(name, {"type": name, **data, **(extra or {})})
 
 
 def model_entry(name: str) -> dict[str, Any]:

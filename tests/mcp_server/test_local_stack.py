@@ -65,6 +65,10 @@ def test_local_stack_starts_both_and_stops_both_on_sigint() -> None:
             if line.startswith("  url:"):
                 break
         output = "".join(lines)
+        # The page comes first: the banner's first line after the rule.
+        first = output.split("=" * 72 + "\n", 1)[1].splitlines()[0]
+        assert first.startswith(f"Playground:        http://127.0.0.1:{mcp_port}/ ")
+        assert httpx.get(f"http://127.0.0.1:{mcp_port}/", timeout=10).status_code == 200
         assert f"MCP server ready:  http://127.0.0.1:{mcp_port}/mcp" in output
         config = output.split("MCP client config (streamable HTTP):\n", 1)[1]
         config = json.loads(config.split("\n\n", 1)[0])
