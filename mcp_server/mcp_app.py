@@ -15,6 +15,7 @@ import io
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -40,6 +41,7 @@ from mcp_server.generation import (
     GenerationResult,
 )
 from mcp_server.jobs import JobManager, JobState
+from mcp_server.playground import STATIC
 from mcp_server.registry import ModelInfo
 from mcp_server.service import ImageService
 from wire.logs import new_request_id, request_id
@@ -54,6 +56,7 @@ inline image plus a resource_link (and, over HTTP, a URL) to the full image, whi
 after a while. Pass the returned seed again to reproduce an image."""
 
 JobId = Annotated[str, Field(description="From start_generation.")]
+VIEWER_URI = "ui://diffusers-mcp/viewer.html"
 # get_generation's default wait: under the 5 s request timeout of the shortest common client
 # (openai-agents' MCP client), long enough that polling is not a busy loop.
 WAIT_SECONDS = 3.0
@@ -286,14 +289,15 @@ def build_mcp(
         "diffusers-mcp",
         instructions=INSTRUCTIONS,
         version="0.1.0",
+        extensions=[_viewer()],
         tools=[
-            _tool(tools.generate_image, "Generate image", writes, GenerationFields),
-            _tool(tools.edit_image, "Edit image", writes, EditRequest),
+            _tool(tools.generate_image, "Generate image", writes, GenerationFields, view=True),
+            _tool(tools.edit_image, "Edit image", writes, EditRequest, view=True),
             _tool(tools.list_models, "List models", reads),
             _tool(
                 tools.start_generation, "Start an image generation job", writes, GenerationRequest
             ),
-            _tool(tools.get_generation, "Get a generation job", reads),
+            _tool(tools.get_generation, "Get a generation job", reads, view=True),
             _tool(
                 tools.cancel_generation,
                 "Cancel a generation job",
@@ -304,6 +308,24 @@ def build_mcp(
     _register_resources(mcp, service)
     _register_prompts(mcp)
     return mcp
+
+
+def _viewer() -> Apps:
+    """The MCP App: one `ui://` page that shows a generation's result and redraws it through
+    the host (again, variations, larger, an edit with a painted mask)."""
+    apps = Apps()
+    apps.add_html_resource(
+        VIEWER_URI,
+        (STATIC / "viewer.html").read_text(),
+        name="image-viewer",
+        title="Image viewer",
+        description="Shows a generated image with its seed and size, and redraws it.",
+        # Nothing from outside: the image arrives in the tool result, and its tools are
+        # called through the host.
+        csp=ResourceCsp(connect_domains=[], resource_domains=[]),
+        prefers_border=True,
+    )
+    return apps
 
 
 class _Server(MCPServer):
@@ -324,6 +346,7 @@ def _tool(
     title: str,
     hints: Hints,
     arguments: type[BaseModel] | None = None,
+    view: bool = False,
 ) -> Tool:
     """HANDLER as a tool: guarded, its arguments ARGUMENTS' fields when given (top level, as
     agents expect, built into a GenerationRequest), its schemas compact."""
@@ -335,6 +358,8 @@ def _tool(
         name=name,
         description=" ".join((handler.__doc__ or "").split()),
         annotations=hints.model_copy(update={"title": title, "open_world_hint": False}),
+        # With VIEW, hosts that render MCP Apps show the result in the viewer; others ignore it.
+        meta={"ui": {"resourceUri": VIEWER_URI}} if view else None,
     )
     # Validation uses the argument and output models, never these published schemas: they
     # can be as compact as an agent's context wants. Inputs are closed objects whose optional
