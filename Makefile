@@ -87,7 +87,7 @@ bench: install ## Evaluate the default model; benchmark every layer, the speed t
 # OpenMP's default waiting, not OMP_WAIT_POLICY=PASSIVE: passive threads sleep between the
 # many small operations of a step and made the denoiser 1.44x slower.
 .PHONY: train-default-model
-train-default-model: install ## Train models/default from scratch (about 2 hours on 2 cores; resumes from .cache/scene-model), then evaluate it
+train-default-model: install ## Train models/default from scratch (about 2 h 20 min on 2 cores; resumes from .cache/scene-model), then evaluate it
 	$(PY) -m scene_model train --work $(CACHE)/scene-model --out $(DEFAULT_MODEL)
 
 .PHONY: samples

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import components, evaluation, scenes
+from . import captions, components, evaluation, scenes
 
 SERVING_FILE = "serving.json"
 STEPS = 20
@@ -50,14 +50,19 @@ EXAMPLES: tuple[tuple[str, scenes.Scene], ...] = (
 
 DESCRIPTION = (
     "Draws one shape (circle, square, triangle, star or ring) in one of ten colours, at one of "
-    "nine places and two sizes, on a plain background of another colour. Name all five in the "
-    "phrasing of the examples; words outside the vocabulary are ignored, and other word orders "
-    "draw worse (see the model card)."
+    "nine places and two sizes, on a plain background of another colour. Say them in any order "
+    "and ordinary phrasing (see the examples); words outside the vocabulary are ignored, and a "
+    "shape without a place is drawn in the centre (see the model card)."
 )
+
+
+def _plain(phrase: str) -> str:
+    return phrase.replace("{plain}", "").format("{colour}")
 
 
 def serving_file() -> dict[str, Any]:
     """The content of serving.json."""
+    seen = {p.format("{colour}") for p in scenes.BACKGROUND_PHRASES}
     return {
         "version": 1,
         "description": DESCRIPTION,
@@ -77,7 +82,9 @@ def serving_file() -> dict[str, Any]:
             "backgrounds": [
                 *(p.format("{colour}") for p in scenes.BACKGROUND_PHRASES),
                 *(f"{p.format('{colour}')} ..." for p in scenes.BACKGROUND_LEADS),
+                *(_plain(p) for p in captions.BACKGROUND_AFTER if _plain(p) not in seen),
             ],
+            "frames": list(captions.FRAMES),
         },
         "examples": [prompt for prompt, _ in EXAMPLES],
     }

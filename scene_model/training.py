@@ -65,8 +65,9 @@ class Plan:
     # against the denoiser's 2.
     caption_heads: float = 0.1
     warmup: int = 400
-    # Stage 5: the stage-4 model taught ordinary phrasings (`captions`), the rate warming up,
-    # constant, then decaying to zero over the last PHRASING_DECAY steps as stage 4's does.
+    # Stage 5: the stage-4 model's text encoders taught ordinary phrasings (`captions`), the
+    # rate warming up, constant, then decaying to zero over the last PHRASING_DECAY steps as
+    # stage 4's does.
     phrasing_steps: int = 4000
     phrasing_decay: int = 2000
     phrasing_lr: float = 3e-4
@@ -90,6 +91,8 @@ class Denoising:
     warmup: int
     # A scene's training caption and the attributes it names.
     describe: Callable[[scenes.Scene, random.Random], tuple[str, frozenset[str]]]
+    # Of `_trained_modules`: the ones this stage changes.
+    trains: tuple[str, ...]
 
 
 def grammar_stage(plan: Plan) -> Denoising:
@@ -100,6 +103,7 @@ def grammar_stage(plan: Plan) -> Denoising:
         plan.denoiser_lr,
         plan.warmup,
         scenes.described,
+        ("transformer", "text_encoder", "text_encoder_2"),
     )
 
 
@@ -111,6 +115,9 @@ def phrasing_stage(plan: Plan) -> Denoising:
         plan.phrasing_lr,
         plan.phrasing_warmup,
         captions.phrased,
+        # The text encoders alone: they learn to give ordinary phrasings what the grammar's
+        # captions encode to, and the denoiser stage 4 made draws from that as before.
+        ("text_encoder", "text_encoder_2"),
     )
 
 
@@ -441,10 +448,12 @@ def train_denoiser(
     started from other weights is refused, not finished."""
     stage = stage or grammar_stage(plan)
     path = work / f"{stage.name}.pt"
-    modules = _trained_modules(pipe)
+    modules = _trained_modules(pipe)  # all checkpointed; STAGE.trains of them trained
     heads = CaptionHeads(pipe.transformer.config.pooled_projection_dim)
     heads_trained = plan.caption_heads > 0
-    trained = [*modules.values(), heads] if heads_trained else modules.values()
+    trained = [modules[name] for name in stage.trains] + ([heads] if heads_trained else [])
+    for name, module in modules.items():
+        module.requires_grad_(name in stage.trains)
     params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step = 0

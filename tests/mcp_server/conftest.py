@@ -25,6 +25,18 @@ def mcp_server(
         yield server
 
 
+@pytest.fixture(scope="session")
+def default_mcp_server(
+    default_runtime: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """An MCP server in front of the runtime serving the default model: where the picture
+    matters (the playground, the MCP App)."""
+    with start_mcp_server(
+        tmp_path_factory.mktemp("default-mcp-server"), DIFFUSERS_RUNTIME_URL=default_runtime.url
+    ) as server:
+        yield server
+
+
 @dataclass
 class LateRuntime:
     """A runtime that came up while the readiness gate waited for it, then stopped."""

@@ -15,7 +15,6 @@ from mcp import Client
 
 from mcp_server.mcp_app import VIEWER_URI
 from scripts.servers import ServerProcess
-from tests.helpers import SMALL
 
 APP_MIME = "text/html;profile=mcp-app"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -38,7 +37,7 @@ window.addEventListener("message", async (event) => {
     reply({result: {protocolVersion: "2026-01-26", hostInfo: {name: "test-host", version: "1"},
       hostCapabilities: {serverTools: {}},
       hostContext: {theme: "dark",
-                    styles: {variables: {"--color-text-primary": "rgb(1, 2, 3)"}}}}});
+                    styles: {variables: {"--color-text-primary": "rgb(230, 231, 232)"}}}}});
   } else if (message.method === "ui/notifications/initialized") {
     frame.contentWindow.postMessage({jsonrpc: "2.0", method: "ui/notifications/tool-result",
       params: window.firstResult}, "*");
@@ -86,10 +85,12 @@ def test_the_viewer_is_a_ui_resource_with_its_csp_and_three_tools_name_it(
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (make browser)")
 def test_the_viewer_shows_the_result_and_its_buttons_redraw_through_the_host(
-    mcp_server: ServerProcess,
+    default_mcp_server: ServerProcess,
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    first = _call(mcp_server.url, "generate_image", {"prompt": "a red circle", **SMALL, "seed": 5})
+    mcp_server = default_mcp_server
+    prompt = "a large yellow star in the center on a purple background"
+    first = _call(mcp_server.url, "generate_image", {"prompt": prompt, "seed": 5})
     viewer = asyncio.run(_read_viewer(mcp_server.url))
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -112,13 +113,12 @@ def test_the_viewer_shows_the_result_and_its_buttons_redraw_through_the_host(
             "() => getComputedStyle(document.documentElement)"
             ".getPropertyValue('--color-text-primary')"
         )
-        assert color.strip() == "rgb(1, 2, 3)"
-        if shots := os.environ.get("PLAYGROUND_SCREENSHOTS"):
-            page.screenshot(path=str(Path(shots) / "mcp-app.png"))
-
+        assert color.strip() == "rgb(230, 231, 232)"
         app.locator("#larger").click()
         app.locator("#actions:not([hidden])").wait_for(timeout=60_000)
-        assert "128x128, seed 5" in app.locator("#details").inner_text()
+        if shots := os.environ.get("PLAYGROUND_SCREENSHOTS"):
+            page.locator("#app").screenshot(path=str(Path(shots) / "mcp-app.png"))
+        assert "256x256, seed 5" in app.locator("#details").inner_text()
         calls = page.evaluate("window.calls")
         assert calls[0] == "start_generation" and set(calls[1:]) == {"get_generation"}
         browser.close()

@@ -50,11 +50,8 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def server(default_runtime: ServerProcess, tmp_path_factory) -> Iterator[ServerProcess]:
-    with start_mcp_server(
-        tmp_path_factory.mktemp("playground"), DIFFUSERS_RUNTIME_URL=default_runtime.url
-    ) as mcp:
-        yield mcp
+def server(default_mcp_server: ServerProcess) -> ServerProcess:
+    return default_mcp_server
 
 
 # Playwright's waits evaluate strings, which the page's own CSP forbids; the CSP itself is

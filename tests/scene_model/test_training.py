@@ -177,6 +177,12 @@ def test_stage_five_starts_from_an_export_and_draws_what_stage_four_drew(tmp_pat
 
     again = tmp_path / "again"
     training.train(again, TINY, start=out)
+    # Stage 5 teaches the text encoders; the denoiser stays stage 4's, exactly.
+    taught_state = torch.load(again / "phrasing.pt", weights_only=False)["model"]
+    for key, value in stage4.transformer.state_dict().items():
+        assert torch.equal(taught_state["transformer"][key], value), key
+    encoder = taught_state["text_encoder"]["text_model.final_layer_norm.weight"]
+    assert not torch.equal(encoder, stage4.text_encoder.text_model.final_layer_norm.weight)
     training.export(again, tmp_path / "phrased", TINY)
     with pytest.raises(ValueError, match="not a stage-4 export"):
         training.unpacked(tmp_path / "phrased")
