@@ -1,0 +1,52 @@
+"""An agent framework as a client: openai-agents converts every tool to OpenAI's strict mode
+(its default), and the converted tools work: a call with every optional field null draws, its
+image comes back, and a bad argument gives an error the model can act on.
+
+langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x), so it cannot share this
+environment; its strict conversion (`strict=True`) is the same rule checked here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from agents.mcp import MCPServerStreamableHttp, MCPUtil
+from agents.run_context import RunContextWrapper
+
+from scripts.servers import ServerProcess
+
+
+def test_openai_agents_converts_every_tool_to_strict_mode_and_calls_them(
+    mcp_server: ServerProcess,
+) -> None:
+    async def scenario():
+        params = {"url": f"{mcp_server.url}/mcp", "timeout": 30}
+        async with MCPServerStreamableHttp(params, client_session_timeout_seconds=60) as server:
+            tools = {tool.name: tool for tool in await server.list_tools()}
+            converted = {
+                name: MCPUtil.to_function_tool(tool, server, convert_schemas_to_strict=True)
+                for name, tool in tools.items()
+            }
+            generate = converted["generate_image"]
+            # What a strict-mode model sends: every property, null where it has no opinion.
+            args = dict.fromkeys(generate.params_json_schema["properties"])
+            args |= {"prompt": "a red circle", "width": 64, "height": 64, "num_inference_steps": 2}
+            context = RunContextWrapper(None)
+            drawn = await MCPUtil.invoke_mcp_tool(
+                server, tools["generate_image"], context, json.dumps(args)
+            )
+            wrong = await MCPUtil.invoke_mcp_tool(
+                server, tools["generate_image"], context, json.dumps({**args, "width": "wide"})
+            )
+            listed = await MCPUtil.invoke_mcp_tool(server, tools["list_models"], context, "{}")
+            return converted, drawn, wrong, listed
+
+    converted, drawn, wrong, listed = asyncio.run(scenario())
+    assert {name for name, tool in converted.items() if not tool.strict_json_schema} == set()
+    assert len(converted) == 6
+    kinds = [block["type"] for block in drawn]
+    assert kinds[0] == "text" and "image" in kinds, kinds
+    assert "64x64" in drawn[0]["text"]
+    assert wrong["text"].startswith("Invalid arguments for generate_image: width:")
+    assert "errors.pydantic.dev" not in wrong["text"]
+    assert json.loads(listed["text"])["models"][0]["ready"] is True
