@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
 from PIL import Image
 from pydantic import BaseModel
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 4}
+# Debian's Chromium for the browser tests (`make browser` installs it), started as a closed
+# network and a root user need: no sandbox, no GPU, none of its own calls home.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Long enough (about 10 s on the tiny model) that a cancellation clearly stops it early.
 LONG = {"width": 256, "height": 256, "num_inference_steps": 100}
 

@@ -1,6 +1,8 @@
-"""An agent framework as a client: openai-agents converts every tool to OpenAI's strict mode
-(its default), and the converted tools work: a call with every optional field null draws, its
-image comes back, and a bad argument gives an error the model can act on.
+"""Agent frameworks as clients. openai-agents (over HTTP) converts every tool to OpenAI's
+strict mode, its default, and the converted tools work: a call with every optional field null
+draws, its image comes back, and a bad argument gives an error the model can act on. fastmcp's
+client (over stdio, the way desktop hosts launch servers) does the same with every property
+sent, reads the full image through its resource, and gets a field error.
 
 langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x), so it cannot share this
 environment; its strict conversion (`strict=True`) is the same rule checked here."""
@@ -9,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 
 from agents.mcp import MCPServerStreamableHttp, MCPUtil
 from agents.run_context import RunContextWrapper
+from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
 
-from scripts.servers import ServerProcess
+from scripts.servers import REPO, ServerProcess
 
 
 def test_openai_agents_converts_every_tool_to_strict_mode_and_calls_them(
@@ -50,3 +56,38 @@ def test_openai_agents_converts_every_tool_to_strict_mode_and_calls_them(
     assert wrong["text"].startswith("Invalid arguments for generate_image: width:")
     assert "errors.pydantic.dev" not in wrong["text"]
     assert json.loads(listed["text"])["models"][0]["ready"] is True
+
+
+def test_fastmcp_over_stdio_calls_with_every_field_null_and_reads_the_image(
+    runtime: ServerProcess, tmp_path
+) -> None:
+    transport = StdioTransport(
+        command=sys.executable,
+        args=["-m", "mcp_server", "--transport", "stdio"],
+        env={
+            **os.environ,
+            "DIFFUSERS_RUNTIME_URL": runtime.url,
+            "IMAGE_STORE_DIR": str(tmp_path),
+            "MCP_AUTH_TOKEN": "",
+            "PUBLIC_URL": "",
+        },
+        cwd=str(REPO),
+    )
+
+    async def scenario():
+        async with Client(transport) as client:
+            tools = {tool.name: tool for tool in await client.list_tools()}
+            args = dict.fromkeys(tools["generate_image"].input_schema["properties"])
+            args |= {"prompt": "a red circle", "width": 64, "height": 64, "num_inference_steps": 2}
+            drawn = await client.call_tool("generate_image", args, raise_on_error=False)
+            image = await client.read_resource(drawn.structured_content["images"][0]["uri"])
+            wrong = await client.call_tool(
+                "generate_image", {**args, "output_format": "gif"}, raise_on_error=False
+            )
+            return drawn, image, wrong
+
+    drawn, image, wrong = asyncio.run(scenario())
+    assert not drawn.is_error and drawn.structured_content["width"] == 64
+    assert image[0].blob  # the full PNG, as base64
+    assert wrong.is_error
+    assert "output_format: Input should be 'png', 'jpeg' or 'webp'" in wrong.content[0].text

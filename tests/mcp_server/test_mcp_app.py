@@ -15,16 +15,9 @@ from mcp import Client
 
 from mcp_server.mcp_app import VIEWER_URI
 from scripts.servers import ServerProcess
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
 
 APP_MIME = "text/html;profile=mcp-app"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOST_PAGE = """<!doctype html><html><body><iframe id="app" width="400" height="500"></iframe>
 <script>
 const frame = document.getElementById("app");
@@ -93,7 +86,7 @@ def test_the_viewer_shows_the_result_and_its_buttons_redraw_through_the_host(
     first = _call(mcp_server.url, "generate_image", {"prompt": prompt, "seed": 5})
     viewer = asyncio.run(_read_viewer(mcp_server.url))
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page()
 
         def host_call_tool(name: str, args: str) -> str:

@@ -18,16 +18,8 @@ from PIL import Image
 
 from scene_model import analysis, scenes
 from scripts.servers import ServerProcess, metric, start_mcp_server
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# What a closed network and a root user need (see docs/mcp-and-rest.md#the-playground).
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROMPT = "a large red circle in the center on a blue background"
 SCREENSHOTS = os.environ.get("PLAYGROUND_SCREENSHOTS")  # a folder: the docs' pictures
 
@@ -44,7 +36,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra inst
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield chromium
         chromium.close()
 
