@@ -188,18 +188,22 @@ def test_get_generation_shows_a_running_job_forming(mcp_server: ServerProcess) -
         async with Client(f"{mcp_server.url}/mcp") as client:
             started = await client.call_tool("start_generation", {"prompt": "forming", **LONG})
             job_id = started.structured_content["job_id"]
+            # Instant looks (wait_seconds 0): the job must still be running.
             plain = await client.call_tool(
-                "get_generation", {"job_id": job_id, "include_preview": True}
+                "get_generation", {"job_id": job_id, "include_preview": True, "wait_seconds": 0}
             )
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 state = await client.call_tool(
-                    "get_generation", {"job_id": job_id, "include_preview": True}
+                    "get_generation",
+                    {"job_id": job_id, "include_preview": True, "wait_seconds": 0},
                 )
                 if any(block.type == "image" for block in state.content):
                     break
                 await asyncio.sleep(0.2)
-            without = await client.call_tool("get_generation", {"job_id": job_id})
+            without = await client.call_tool(
+                "get_generation", {"job_id": job_id, "wait_seconds": 0}
+            )
             await client.call_tool("cancel_generation", {"job_id": job_id})
             return plain, state, without
 
