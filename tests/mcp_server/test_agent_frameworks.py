@@ -2,7 +2,8 @@
 strict mode, its default, and the converted tools work: a call with every optional field null
 draws, its image comes back, and a bad argument gives an error the model can act on. fastmcp's
 client (over stdio, the way desktop hosts launch servers) does the same with every property
-sent, reads the full image through its resource, and gets a field error.
+sent, reads the full image through its resource, and gets a field error. pydantic-ai's OpenAI
+schema transformer takes every tool in strict mode and keeps the optional ones nullable.
 
 langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x), so it cannot share this
 environment; its strict conversion (`strict=True`) is the same rule checked here."""
@@ -18,6 +19,8 @@ from agents.mcp import MCPServerStreamableHttp, MCPUtil
 from agents.run_context import RunContextWrapper
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
+from mcp import Client as SDKClient
+from pydantic_ai.profiles.openai import OpenAIJsonSchemaTransformer
 
 from scripts.servers import REPO, ServerProcess
 
@@ -91,3 +94,22 @@ def test_fastmcp_over_stdio_calls_with_every_field_null_and_reads_the_image(
     assert image[0].blob  # the full PNG, as base64
     assert wrong.is_error
     assert "output_format: Input should be 'png', 'jpeg' or 'webp'" in wrong.content[0].text
+
+
+def test_pydantic_ai_takes_every_tool_in_openais_strict_mode(mcp_server: ServerProcess) -> None:
+    async def scenario():
+        async with SDKClient(f"{mcp_server.url}/mcp") as client:
+            return (await client.list_tools()).tools
+
+    for tool in asyncio.run(scenario()):
+        schema = tool.input_schema
+        strict = OpenAIJsonSchemaTransformer(json.loads(json.dumps(schema)), strict=True).walk()
+        assert strict["additionalProperties"] is False, tool.name
+        assert set(strict["required"]) == set(strict["properties"]), tool.name
+        for name in set(schema["properties"]) - set(schema.get("required", ())):
+            if "default" in schema["properties"][name]:
+                continue  # a default the transformer drops: the model then sends a value
+            prop = strict["properties"][name]
+            kinds = prop.get("type", [])
+            nullable = "null" in kinds or {"type": "null"} in prop.get("anyOf", [])
+            assert nullable, (tool.name, name, prop)
