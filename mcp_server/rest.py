@@ -56,6 +56,7 @@ from wire.openai_images import (
     model_entry,
     parse_size,
     progress_comment,
+    stored_comment,
 )
 from wire.sse import SSE_HEADERS, sse
 
@@ -411,16 +412,9 @@ async def _openai_events(
             yield sse("error", exc.body())
             return
         for ref, blob in zip(result.images, blobs, strict=True):
-            yield image_event(
-                kind,
-                base64.b64encode(blob).decode(),
-                size=f"{result.width}x{result.height}",
-                quality=result.quality,
-                background=result.background,
-                output_format=ref.mime_type.removeprefix("image/"),
-                # What the non-streamed answer says beside the image, for the playground and
-                # any client that wants the link and the seed of a streamed image.
-                extra={
+            # What the JSON answer says beside the image, for the playground.
+            yield stored_comment(
+                {
                     "id": ref.id,
                     "url": ref.url,
                     "model": result.model,
@@ -430,7 +424,15 @@ async def _openai_events(
                     "speed": result.speed,
                     "timings": result.timings.model_dump(exclude_none=True),
                     "expires_at": result.expires_at,
-                },
+                }
+            )
+            yield image_event(
+                kind,
+                base64.b64encode(blob).decode(),
+                size=f"{result.width}x{result.height}",
+                quality=result.quality,
+                background=result.background,
+                output_format=ref.mime_type.removeprefix("image/"),
             )
     finally:
         # Also when the client hangs up mid-stream: the runtime stops within one step.

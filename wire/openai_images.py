@@ -7,6 +7,7 @@ its REST API (`mcp_server/rest.py`); each fills these shapes from its own result
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -42,6 +43,13 @@ def progress_comment(step: int, total: int) -> bytes:
     return f": step {step}/{total}\n\n".encode()
 
 
+def stored_comment(details: dict[str, Any]) -> bytes:
+    """What the JSON answer says of an image beyond OpenAI's event (its link, seed, timings),
+    as an SSE comment sent just before that image's completed event: the events stay exactly
+    OpenAI's types, and a client of ours (the playground) reads it."""
+    return f": stored {json.dumps(details)}\n\n".encode()
+
+
 def image_event(
     kind: str,
     b64: str,
@@ -51,10 +59,9 @@ def image_event(
     background: str | None,
     output_format: str,
     partial_image_index: int | None = None,
-    extra: dict[str, Any] | None = None,
 ) -> bytes:
     """KIND.partial_image (with PARTIAL_IMAGE_INDEX) or KIND.completed; KIND is
-    image_generation or image_edit. EXTRA adds fields of ours (OpenAI's clients ignore them)."""
+    image_generation or image_edit."""
     data: dict[str, Any] = {
         "b64_json": b64,
         "created_at": int(time.time()),
@@ -69,7 +76,7 @@ def image_event(
     else:
         name = f"{kind}.partial_image"
         data["partial_image_index"] = partial_image_index
-    return sse(name, {"type": name, **data, **(extra or {})})
+    return sse(name, {"type": name, **data})
 
 
 def model_entry(name: str) -> dict[str, Any]:

@@ -201,6 +201,7 @@ async function draw(overrides = {}) {
   const progress = $("progress");
   const partials = new Map();
   const finished = [];
+  const stored = []; // the server's details of each image, sent just before it
   try {
     const response = await request(fields);
     if (!response.ok) throw new Error(await errorText(response));
@@ -215,11 +216,13 @@ async function draw(overrides = {}) {
           partials.set(data.partial_image_index, count + 1);
           showPartial(count, data);
         } else if (name.endsWith(".completed")) {
-          finished.push(data);
-          showResult(finished.length - 1, data, fields, performance.now() - started);
+          const image = { ...data, ...(stored[finished.length] || {}) };
+          finished.push(image);
+          showResult(finished.length - 1, image, fields, performance.now() - started);
         }
       },
       (comment) => {
+        if (comment.startsWith("stored ")) { stored.push(JSON.parse(comment.slice(7))); return; }
         const match = /step (\d+)\/(\d+)/.exec(comment);
         if (!match) return;
         progress.max = Number(match[2]);
