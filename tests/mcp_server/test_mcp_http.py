@@ -345,7 +345,9 @@ def test_a_job_whose_worker_died_is_reported_failed(
 
         async def get_on(server: ServerProcess, job_id: str):
             async with Client(f"{server.url}/mcp") as client:
-                return await client.call_tool("get_generation", {"job_id": job_id})
+                return await client.call_tool(
+                    "get_generation", {"job_id": job_id, "wait_seconds": 0}
+                )
 
         with start_mcp_server(log_dir, **env, JOB_STALE_SECONDS="2") as doomed:
             job_id = run(start_on(doomed))

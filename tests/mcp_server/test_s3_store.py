@@ -142,9 +142,8 @@ def test_a_job_is_cancelled_from_another_replica(
         async with Client(f"{first.url}/mcp") as owner:
             started = await owner.call_tool("start_generation", {"prompt": "stop me", **LONG})
             job_id = started.structured_content["job_id"]
-            while (await owner.call_tool("get_generation", {"job_id": job_id})).structured_content[
-                "step"
-            ] < 2:
+            poll = {"job_id": job_id, "wait_seconds": 0}
+            while (await owner.call_tool("get_generation", poll)).structured_content["step"] < 2:
                 await asyncio.sleep(0.1)
         async with Client(f"{second.url}/mcp") as other:
             await other.call_tool("cancel_generation", {"job_id": job_id})
