@@ -5,14 +5,16 @@ client (over stdio, the way desktop hosts launch servers) does the same with eve
 sent, reads the full image through its resource, and gets a field error. pydantic-ai's OpenAI
 schema transformer takes every tool in strict mode and keeps the optional ones nullable.
 
-langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x), so it cannot share this
-environment; its strict conversion (`strict=True`) is the same rule checked here."""
+langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x): it runs in a venv of its own
+(`.cache/langchain-venv`, made here from clients/requirements-langchain.txt), over HTTP, with
+langchain's own strict conversion (`strict=True`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import subprocess
 import sys
 
 from agents.mcp import MCPServerStreamableHttp, MCPUtil
@@ -23,6 +25,9 @@ from mcp import Client as SDKClient
 from pydantic_ai.profiles.openai import OpenAIJsonSchemaTransformer
 
 from scripts.servers import REPO, ServerProcess
+
+CLIENTS = REPO / "tests" / "mcp_server" / "clients"
+LANGCHAIN_VENV = REPO / ".cache" / "langchain-venv"
 
 
 def test_openai_agents_converts_every_tool_to_strict_mode_and_calls_them(
@@ -113,3 +118,32 @@ def test_pydantic_ai_takes_every_tool_in_openais_strict_mode(mcp_server: ServerP
             kinds = prop.get("type", [])
             nullable = "null" in kinds or {"type": "null"} in prop.get("anyOf", [])
             assert nullable, (tool.name, name, prop)
+
+
+def _langchain_python() -> str:
+    python = LANGCHAIN_VENV / "bin" / "python"
+    requirements = CLIENTS / "requirements-langchain.txt"
+    marker = LANGCHAIN_VENV / ".installed"
+    if not marker.exists() or marker.read_text() != requirements.read_text():
+        subprocess.run([sys.executable, "-m", "venv", str(LANGCHAIN_VENV)], check=True)
+        install = [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)]
+        subprocess.run(install, check=True, timeout=600)
+        marker.write_text(requirements.read_text())
+    return str(python)
+
+
+def test_langchain_converts_every_tool_to_strict_mode_and_calls_them(
+    mcp_server: ServerProcess,
+) -> None:
+    script = CLIENTS / "langchain_client.py"
+    run = subprocess.run(
+        [_langchain_python(), str(script), f"{mcp_server.url}/mcp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout)
+    assert found["strict"] == dict.fromkeys(found["strict"], True) and len(found["strict"]) == 6
+    assert "Generated 1 image(s)" in found["drawn"] and "'type': 'image'" in found["drawn"]
+    assert "Invalid arguments for generate_image: width:" in found["wrong"]
