@@ -5,9 +5,10 @@ client (over stdio, the way desktop hosts launch servers) does the same with eve
 sent, reads the full image through its resource, and gets a field error. pydantic-ai's OpenAI
 schema transformer takes every tool in strict mode and keeps the optional ones nullable.
 
-langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x): it runs in a venv of its own
-(`.cache/langchain-venv`, made here from clients/requirements-langchain.txt), over HTTP, with
-langchain's own strict conversion (`strict=True`)."""
+langchain-mcp-adapters 0.3 pins mcp<2 (this server's SDK is 2.x), and llama-index-tools-mcp
+brings the large llama-index-core: each runs in a venv of its own (`.cache/<name>-venv`, made
+here from clients/requirements-<name>.txt) against the server over HTTP, langchain with its
+own strict conversion (`strict=True`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from pydantic_ai.profiles.openai import OpenAIJsonSchemaTransformer
 from scripts.servers import REPO, ServerProcess
 
 CLIENTS = REPO / "tests" / "mcp_server" / "clients"
-LANGCHAIN_VENV = REPO / ".cache" / "langchain-venv"
 
 
 def test_openai_agents_converts_every_tool_to_strict_mode_and_calls_them(
@@ -120,30 +120,38 @@ def test_pydantic_ai_takes_every_tool_in_openais_strict_mode(mcp_server: ServerP
             assert nullable, (tool.name, name, prop)
 
 
-def _langchain_python() -> str:
-    python = LANGCHAIN_VENV / "bin" / "python"
-    requirements = CLIENTS / "requirements-langchain.txt"
-    marker = LANGCHAIN_VENV / ".installed"
+def _client_run(name: str, url: str) -> dict:
+    """clients/NAME_client.py run in its own venv against URL; what it printed."""
+    venv = REPO / ".cache" / f"{name.replace('_', '-')}-venv"
+    python = venv / "bin" / "python"
+    requirements = CLIENTS / f"requirements-{name.replace('_', '-')}.txt"
+    marker = venv / ".installed"
     if not marker.exists() or marker.read_text() != requirements.read_text():
-        subprocess.run([sys.executable, "-m", "venv", str(LANGCHAIN_VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         install = [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)]
-        subprocess.run(install, check=True, timeout=600)
+        subprocess.run(install, check=True, timeout=900)
         marker.write_text(requirements.read_text())
-    return str(python)
-
-
-def test_langchain_converts_every_tool_to_strict_mode_and_calls_them(
-    mcp_server: ServerProcess,
-) -> None:
-    script = CLIENTS / "langchain_client.py"
     run = subprocess.run(
-        [_langchain_python(), str(script), f"{mcp_server.url}/mcp"],
+        [str(python), str(CLIENTS / f"{name}_client.py"), url],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_langchain_converts_every_tool_to_strict_mode_and_calls_them(
+    mcp_server: ServerProcess,
+) -> None:
+    found = _client_run("langchain", f"{mcp_server.url}/mcp")
     assert found["strict"] == dict.fromkeys(found["strict"], True) and len(found["strict"]) == 6
     assert "Generated 1 image(s)" in found["drawn"] and "'type': 'image'" in found["drawn"]
+    assert "Invalid arguments for generate_image: width:" in found["wrong"]
+
+
+def test_llama_index_lists_describes_and_calls_the_tools(mcp_server: ServerProcess) -> None:
+    found = _client_run("llama_index", f"{mcp_server.url}/mcp")
+    assert len(found["tools"]) == 6 and "generate_image" in found["tools"]
+    assert "Generated 1 image(s)" in found["drawn"] and "ImageContent" in found["drawn"]
     assert "Invalid arguments for generate_image: width:" in found["wrong"]
