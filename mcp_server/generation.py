@@ -8,7 +8,7 @@ defaults; the runtime checks the limits of the model it serves and names the fie
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
@@ -101,6 +101,15 @@ class GenerationRequest(EditFields, GenerationFields):
     """What the service generates: a new image, or an edit when `image` is set."""
 
 
+def _opaque_only(schema: dict[str, Any]) -> None:
+    """The published `background`: opaque or auto (or left out). transparent is OpenAI's and is
+    taken to say why it is refused, but a document listing it anywhere (the type's own enum
+    inside an anyOf) lets a client's generator take it for a valid value; and a null a
+    multipart form can only send as the text "null"."""
+    schema.pop("anyOf", None)
+    schema.update({"type": "string", "enum": ["opaque", "auto"]})
+
+
 class OutputOptions(BaseModel):
     """OpenAI's image options, on the REST API. The MCP tools leave them out: an agent pays
     for every argument in its context and has num_inference_steps and output_format."""
@@ -115,7 +124,7 @@ class OutputOptions(BaseModel):
     background: Background | None = Field(
         None,
         description="The models here draw opaque images.",
-        json_schema_extra={"enum": ["opaque", "auto", None]},
+        json_schema_extra=_opaque_only,
     )
 
 
