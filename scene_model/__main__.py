@@ -1,4 +1,5 @@
-"""`python -m scene_model train|export|evaluate|phrasings|samples`: make and check the model."""
+"""`python -m scene_model train|export|evaluate|phrasings|samples|adapter|adapters-check|
+adapter-samples`: make and check the model and its style adapters."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from transformers.utils import logging as transformers_logging
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
-from . import evaluation, phrasings, training  # noqa: E402
+from . import adapters, evaluation, phrasings, training  # noqa: E402
 
 WORK = Path(".cache/scene-model")
 MODEL = Path("models/default")
 REPORT = Path("models/default-evaluation.json")
 PHRASINGS_REPORT = Path("models/default-phrasings.json")
 SAMPLES = Path("docs/samples.png")
+ADAPTER_WORK = Path(".cache/adapters")
+LORAS = MODEL / "loras"
+ADAPTER_SAMPLES = Path("docs/adapters.png")
 
 
 def _load(model: Path):
@@ -75,7 +79,28 @@ def main(argv: list[str] | None = None) -> int:
     samples = commands.add_parser("samples", help="draw the README's sample grid")
     samples.add_argument("--model", type=Path, default=MODEL)
     samples.add_argument("--out", type=Path, default=SAMPLES)
+    adapter = commands.add_parser(
+        "adapter", help="train (or resume) a style adapter (a LoRA) and save it in the model folder"
+    )
+    adapter.add_argument("style", choices=list(adapters.STYLES))
+    adapter.add_argument("--model", type=Path, default=MODEL)
+    adapter.add_argument("--out", type=Path, help=f"default {LORAS}/STYLE")
+    adapter.add_argument("--work", type=Path, default=ADAPTER_WORK)
+    adapter.add_argument("--steps", type=int, default=adapters.Recipe().steps)
+    adapter.add_argument("--threads", type=int, dest="adapter_threads", help="torch threads")
+    checked = commands.add_parser(
+        "adapters-check", help="judge every adapter's pictures, and the model's without them"
+    )
+    checked.add_argument("--model", type=Path, default=MODEL)
+    checked.add_argument("--loras", type=Path, default=LORAS)
+    checked.add_argument("--prompts", type=int, default=20)
+    pictured = commands.add_parser("adapter-samples", help="draw the adapters' sample grid")
+    pictured.add_argument("--model", type=Path, default=MODEL)
+    pictured.add_argument("--loras", type=Path, default=LORAS)
+    pictured.add_argument("--out", type=Path, default=ADAPTER_SAMPLES)
     args = parser.parse_args(argv)
+    if getattr(args, "adapter_threads", None):
+        args.threads = args.adapter_threads
     torch.set_num_threads(args.threads)
 
     if args.command == "train":
@@ -97,6 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "samples":
         prompts = evaluation.sample_grid(_load(args.model), args.out)
         print(f"{args.out}: " + json.dumps(prompts))
+    if args.command == "adapter":
+        out = args.out or LORAS / args.style
+        command = " ".join(["python -m scene_model", *(argv if argv is not None else sys.argv[1:])])
+        info = adapters.train_adapter(
+            args.style,
+            args.model,
+            out,
+            args.work,
+            adapters.Recipe(steps=args.steps),
+            command,
+            log=lambda line: print(line, flush=True),
+        )
+        print(f"{out}: " + json.dumps(info))
+    if args.command == "adapters-check":
+        table = adapters.check(_load(args.model), args.loras, args.prompts)
+        print(adapters.markdown(table, args.prompts))
+    if args.command == "adapter-samples":
+        adapters.sample_grid(_load(args.model), args.loras, args.out)
+        print(args.out)
     return 0
 
 
