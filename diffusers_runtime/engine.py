@@ -397,13 +397,13 @@ class Engine:
     def _call(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> list[Image.Image]:
         """Runs on the worker thread."""
         first = batch[0].generation
-        pipe = self._pipe_for(first.mode, first.scheduler)
+        pipe = self._pipe_for(first.mode, first.request.scheduler)
         prompts, negatives, generators, sources, masks = [], [], [], [], []
         for job in batch:
             g = job.generation
             for index in range(g.num_images):
-                prompts.append(g.prompt)
-                negatives.append(g.negative_prompt or "")
+                prompts.append(g.request.prompt)
+                negatives.append(g.request.negative_prompt or "")
                 sources.append(g.image)
                 masks.append(g.mask)
                 # Image k of a request has seed + k: any image can be made again alone.
@@ -444,7 +444,7 @@ class Engine:
             "generator": generators,
             "callback_on_step_end": on_step_end,
         }
-        if first.negative_prompt is not None:
+        if first.request.negative_prompt is not None:
             kwargs["negative_prompt"] = negatives
         if first.mode != "text":
             kwargs.update(image=sources, strength=first.strength)
@@ -494,7 +494,7 @@ class _Partials:
         self.wanted = [
             (job, offset, job.on_partial)
             for job, offset in zip(batch, _offsets(batch), strict=True)
-            if job.on_partial is not None and job.generation.partial_images > 0
+            if job.on_partial is not None and job.generation.request.partial_images > 0
         ]
         # Per job: step -> partial image index; known once the call knows its step count.
         self._due: dict[int, dict[int, int]] = {}
@@ -503,7 +503,7 @@ class _Partials:
     def after_step(self, scheduler: Any, step: int, total: int, latents: torch.Tensor) -> None:
         if not self._due:
             for job, _, _ in self.wanted:
-                steps = partial_steps(total, job.generation.partial_images)
+                steps = partial_steps(total, job.generation.request.partial_images)
                 self._due[id(job)] = {s: index for index, s in enumerate(steps)}
         due = [
             (job, offset, on_partial, self._due[id(job)][step])

@@ -155,12 +155,12 @@ class Generator:
             "generated %d image(s) %dx%d, %d steps, seed %d in %.0f ms (%s, batch of %d): %s",
             len(images), generation.width, generation.height,
             generation.num_inference_steps, generation.seed, (done - started) * 1000,
-            generation.speed, result.batch_size, _quoted(generation.prompt),
+            generation.speed, result.batch_size, _quoted(generation.request.prompt),
         )  # fmt: skip
         return {
             "model_name": self.name,
-            "prompt": generation.prompt,
-            "negative_prompt": generation.negative_prompt,
+            "prompt": generation.request.prompt,
+            "negative_prompt": generation.request.negative_prompt,
             "images": images,
             "seed": generation.seed,
             "seeds": [generation.seed + k for k in range(generation.num_images)],
@@ -168,9 +168,9 @@ class Generator:
             "height": generation.height,
             "num_inference_steps": generation.num_inference_steps,
             "guidance_scale": generation.guidance_scale,
-            "scheduler": generation.scheduler or type(self.loaded.pipe.scheduler).__name__,
+            "scheduler": generation.request.scheduler or type(self.loaded.pipe.scheduler).__name__,
             "output_format": generation.output_format,
-            "output_compression": generation.output_compression,
+            "output_compression": generation.request.output_compression,
             "quality": generation.quality,
             "speed": generation.speed,
             "background": BACKGROUND,
@@ -187,7 +187,7 @@ class Generator:
 
     @staticmethod
     def encode(image: Image.Image, generation: Generation) -> dict[str, str]:
-        return encoded_image(image, generation.output_format, generation.output_compression)
+        return encoded_image(image, generation.output_format, generation.request.output_compression)
 
     @staticmethod
     def _edit_fields(generation: Generation) -> dict[str, Any]:
@@ -201,7 +201,7 @@ class Generator:
         return {"strength": generation.strength, "effective_steps": effective}
 
     async def run_all(self, generations: list[Generation], route: str) -> list[dict[str, Any]]:
-        if any(g.partial_images for g in generations):
+        if any(g.request.partial_images for g in generations):
             raise BadRequest(
                 "partial_images: only streams carry partial images (POST "
                 f"/v1/models/{self.name}:generate, or the /openai/v1/images routes with stream "

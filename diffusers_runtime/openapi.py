@@ -82,7 +82,9 @@ def _not_null(properties: dict[str, Any]) -> dict[str, Any]:
 
 def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
     request = GenerationRequest.model_json_schema(ref_template=REF)
-    request["properties"]["background"]["enum"] = ["opaque", "auto", None]  # transparent: 400
+    # Published as opaque or auto (transparent is taken to say why it is refused), or null.
+    background = request["properties"]["background"]
+    background["anyOf"] = [{key: background.pop(key) for key in ("type", "enum")}, {"type": "null"}]
     request["allOf"] = RULES
     parameters = copy.deepcopy({k: v for k, v in request.items() if k != "required"})
     del parameters["properties"]["prompt"]  # each instance's own
@@ -100,8 +102,7 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
     form["properties"] = _not_null(
         {k: v for k, v in form["properties"].items() if k not in ("image", "mask_image")}
     )
-    # What the nullable fields' top-level enums said, for the branch that stays.
-    form["properties"]["background"]["enum"] = ["opaque", "auto"]
+    # What the nullable model's top-level enum said, for the branch that stays.
     form["properties"]["model"]["enum"] = [capabilities["model_name"]]
     del form["properties"]["style"]  # only null was valid, which a form cannot send
     form["properties"] |= {

@@ -9,25 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from wire.fields import (
-    MAX_SEED,
-    Background,
-    GuidanceScale,
-    ImageCount,
-    OutputCompression,
-    OutputFormat,
-    PartialImages,
-    Prompt,
-    Quality,
-    Seed,
-    Side,
-    Speed,
-    Steps,
-    Strength,
-)
+from wire.fields import MAX_SEED, OutputFormat, Speed
+from wire.request import EditFields, OutputOptions, PromptFields, SizeFields, StreamFields
 
 from .errors import BadRequest
 from .input_images import decode_image, output_size, prepare_mask, prepare_source
@@ -46,31 +32,11 @@ PRESETS: dict[str, Preset] = {
 BACKGROUND = "opaque"
 
 
-class GenerationRequest(BaseModel):
-    """One instance of a `:predict` / `:generate` request, as the client sends it."""
+class GenerationRequest(StreamFields, OutputOptions, EditFields, SizeFields, PromptFields):
+    """One instance of a `:predict` / `:generate` request, as the client sends it: the shared
+    fields (wire/request.py), validated strictly."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-    prompt: Prompt
-    negative_prompt: str | None = None
-    width: Side | None = None
-    height: Side | None = None
-    num_inference_steps: Steps | None = None
-    guidance_scale: GuidanceScale | None = None
-    seed: Seed | None = None
-    num_images: ImageCount = 1
-    scheduler: str | None = None
-    output_format: OutputFormat = "png"
-    quality: Quality | None = None
-    output_compression: OutputCompression | None = None
-    background: Background | None = None
-    # Estimates of the final image sent while denoising; only streams carry them.
-    partial_images: PartialImages = 0
-    # Editing: a source image makes it image-to-image; a mask as well makes it inpainting.
-    image: str | None = None
-    mask_image: str | None = None
-    strength: Strength | None = None
-    speed: Speed | None = None
 
 
 @dataclass(frozen=True)
@@ -100,30 +66,30 @@ class Limits:
 
 @dataclass(frozen=True)
 class Generation:
-    """A request with every default resolved: exactly what the engine runs."""
+    """A request with every default resolved: exactly what the engine runs. The engine reads
+    what it takes as sent (the prompt, the scheduler, partial_images, ...) from REQUEST, so a new
+    request field reaches it with no edit here; what a default, a limit or a decoded input
+    decides is resolved below."""
 
-    prompt: str
-    negative_prompt: str | None
+    request: GenerationRequest
     width: int
     height: int
     num_inference_steps: int
     guidance_scale: float
     seed: int
-    num_images: int
-    scheduler: str | None
-    output_format: OutputFormat
+    num_images: int = 1
+    output_format: OutputFormat = "png"
     mode: Mode = "text"
     image: Image.Image | None = None
     mask: Image.Image | None = None
     strength: float | None = None
     # The preset that chose the steps; None when the request named num_inference_steps.
     quality: Preset | None = None
-    output_compression: int | None = None
-    partial_images: int = 0
     speed: Speed = "exact"
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can share one pipeline call."""
+        """Requests with equal keys can share one pipeline call: a field the pipeline call
+        takes once for all its images belongs here."""
         return (
             self.mode,
             self.strength,
@@ -131,8 +97,8 @@ class Generation:
             self.height,
             self.num_inference_steps,
             self.guidance_scale,
-            self.scheduler,
-            self.negative_prompt is not None,
+            self.request.scheduler,
+            self.request.negative_prompt is not None,
             self.speed,
         )
 
@@ -206,9 +172,10 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
     strength = (request.strength or limits.default_strength) if edit else None
     if strength is not None:
         strength = _at_least_one_step(strength, steps)
-    if request.num_images > limits.max_images_per_request:
+    num_images = request.num_images or 1
+    if num_images > limits.max_images_per_request:
         problems.append(
-            f"{where}num_images: {request.num_images} is more than the limit of "
+            f"{where}num_images: {num_images} is more than the limit of "
             f"{limits.max_images_per_request} images per request"
         )
     if request.scheduler is not None and request.scheduler not in limits.schedulers:
@@ -223,7 +190,8 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             f"{where}background: transparent needs a model that draws an alpha channel; this "
             "one draws opaque RGB images. Use opaque or auto and cut the subject out afterwards"
         )
-    if request.output_compression is not None and request.output_format == "png":
+    output_format = request.output_format or "png"
+    if request.output_compression is not None and output_format == "png":
         problems.append(
             f"{where}output_compression: applies to jpeg and webp only (png is lossless); set "
             "output_format to jpeg or webp, or leave output_compression out"
@@ -233,8 +201,7 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
     source, mask = edit or (None, None)
     mode: Mode = "inpaint" if mask else "image" if source else "text"
     return Generation(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+        request=request,
         width=width,
         height=height,
         num_inference_steps=steps,
@@ -244,9 +211,8 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             else limits.default_guidance_scale
         ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-        num_images=request.num_images,
-        scheduler=request.scheduler,
-        output_format=request.output_format,
+        num_images=num_images,
+        output_format=output_format,
         mode=mode,
         image=prepare_source(source, (width, height)) if source else None,
         mask=(
@@ -256,8 +222,6 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         ),
         strength=strength,
         quality=preset,
-        output_compression=request.output_compression,
-        partial_images=request.partial_images,
         speed=request.speed or limits.default_speed,
     )
 

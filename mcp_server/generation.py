@@ -1,53 +1,22 @@
-"""What a generation takes and gives: every field declared and described once.
+"""What a generation takes and gives.
 
 The MCP tools take these models' fields as their arguments and the REST bodies inherit them.
-Each field's type and bounds are the runtime's own (wire/fields.py); the descriptions here are
-written for the agents and people who read these schemas. Unset fields take the runtime's
-defaults; the runtime checks the limits of the model it serves and names the field it rejects.
+Every field the runtime takes is the runtime's own declaration (wire/request.py: type, bounds,
+description); this adds only what this server adds: which model draws, and images stored here
+as edit sources. Unset fields take the runtime's defaults; the runtime checks the limits of the
+model it serves and names the field it rejects.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-from wire.fields import (
-    Background,
-    GuidanceScale,
-    ImageCount,
-    OutputCompression,
-    OutputFormat,
-    Prompt,
-    Quality,
-    Seed,
-    Side,
-    Speed,
-    Steps,
-)
-from wire.fields import Strength as StrengthValue
+from wire import request as wire
 
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-def _whole(value: object) -> object:
-    """Counts are integers: pydantic's lax mode would read true as 1 and 2.0 as 2, which the
-    runtime refuses (a form's strings still pass, to be read as numbers)."""
-    if isinstance(value, bool | float):
-        raise ValueError(f"must be an integer, not {value!r}")
-    return value
-
-
-def _number(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not {value!r}")
-    return value
-
-
-# Last in a field's Annotated: bounds placed after a validator leave the JSON schema.
-WHOLE = BeforeValidator(_whole)
-NUMBER = BeforeValidator(_number)
 
 Source = Annotated[
     str,
@@ -56,79 +25,30 @@ Source = Annotated[
         description="An id, image:// URI or URL from this server, or base64 PNG/JPEG/WebP.",
     ),
 ]
-Strength = Annotated[
-    Annotated[StrengthValue, NUMBER] | None, Field(description="0.3 subtle, 0.8 heavy.")
-]
 
 
-class PromptFields(BaseModel):
-    """The fields every front end offers under the runtime's own names."""
+class PromptFields(wire.PromptFields):
+    """The fields every front end offers, and which served model draws."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: Prompt = Field(description="What the image should show.")
-    negative_prompt: str | None = Field(None, description="What it should not show.")
-    num_inference_steps: Annotated[Steps, WHOLE] | None = Field(
-        None, description="More: slower, finer."
-    )
-    guidance_scale: Annotated[GuidanceScale, NUMBER] | None = Field(
-        None, description="Prompt adherence, typically 3-9."
-    )
-    seed: Annotated[Seed, WHOLE] | None = Field(None, description="Reproduces an image.")
-    scheduler: str | None = Field(None, description="See list_models.")
-    output_format: OutputFormat | None = Field(None, description="Default png.")
-    speed: Speed | None = Field(None, description="Default balanced; see list_models.")
     model: str | None = Field(None, description="From list_models; default if unset.")
 
 
-class GenerationFields(PromptFields):
+class GenerationFields(wire.SizeFields, PromptFields):
     """generate_image's arguments."""
 
-    width: Annotated[Side, WHOLE] | None = Field(None, description="See list_models.")
-    height: Annotated[Side, WHOLE] | None = Field(None, description="See list_models.")
-    num_images: Annotated[ImageCount, WHOLE] | None = Field(None, description="Default 1.")
 
-
-class EditFields(BaseModel):
-    """What turns a generation into an edit of `image`."""
+class EditFields(wire.EditFields):
+    """What turns a generation into an edit of `image`, which may also be an image stored
+    here."""
 
     image: Source | None = None
-    mask_image: str | None = Field(None, description="Like image; white is repainted.")
-    strength: Strength = None
 
 
 class GenerationRequest(EditFields, GenerationFields):
     """What the service generates: a new image, or an edit when `image` is set."""
 
 
-def _opaque_only(schema: dict[str, Any]) -> None:
-    """The published `background`: opaque or auto (or left out). transparent is OpenAI's and is
-    taken to say why it is refused, but a document listing it anywhere (the type's own enum
-    inside an anyOf) lets a client's generator take it for a valid value; and a null a
-    multipart form can only send as the text "null"."""
-    schema.pop("anyOf", None)
-    schema.update({"type": "string", "enum": ["opaque", "auto"]})
-
-
-class OutputOptions(BaseModel):
-    """OpenAI's image options, on the REST API. The MCP tools leave them out: an agent pays
-    for every argument in its context and has num_inference_steps and output_format."""
-
-    quality: Quality | None = Field(
-        None, description="Step preset instead of num_inference_steps (the model's quality_steps)."
-    )
-    output_compression: Annotated[OutputCompression, WHOLE] | None = Field(
-        None, description="jpeg/webp encoder quality, 0-100."
-    )
-    # transparent is OpenAI's, taken to say why it is refused, and not published.
-    background: Background | None = Field(
-        None,
-        description="The models here draw opaque images.",
-        json_schema_extra=_opaque_only,
-    )
-
-
-class ImageRequest(OutputOptions, GenerationRequest):
+class ImageRequest(wire.OutputOptions, GenerationRequest):
     """What the REST API generates: a GenerationRequest with OpenAI's options."""
 
 

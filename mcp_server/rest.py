@@ -25,15 +25,12 @@ from mcp_server.errors import (
     field_problems,
 )
 from mcp_server.generation import (
-    WHOLE,
     EditFields,
     GenerationRequest,
     GenerationResult,
     ImageRef,
     ImageRequest,
-    OutputOptions,
     PromptFields,
-    Strength,
     Timings,
 )
 from mcp_server.runtime_client import PartialImage
@@ -45,7 +42,6 @@ from wire.fields import (
     STREAM_ONLY,
     ImageCount,
     OutputFormat,
-    PartialImages,
     limit_keywords,
     with_limits,
 )
@@ -58,6 +54,7 @@ from wire.openai_images import (
     progress_comment,
     stored_comment,
 )
+from wire.request import WHOLE, OutputOptions, StreamFields, StrengthField
 from wire.sse import SSE_HEADERS, sse
 
 log = logging.getLogger(__name__)
@@ -84,7 +81,7 @@ def validation_problem(errors: Sequence[Any]) -> InvalidRequestError:
     return InvalidRequestError("Invalid request: " + field_problems(errors), param=first)
 
 
-class OpenAIFields(OutputOptions):
+class OpenAIFields(StreamFields, OutputOptions):
     """What OpenAI's Images API names its own way, and its extras."""
 
     n: Annotated[ImageCount, WHOLE] = Field(1, description="Number of images.")
@@ -101,9 +98,6 @@ class OpenAIFields(OutputOptions):
         json_schema_extra={"enum": [None]},
     )
     stream: Flag = Field(False, description="Answer with OpenAI's server-sent image events.")
-    partial_images: Annotated[PartialImages, WHOLE] = Field(
-        0, description="With stream: estimates of each image while it forms."
-    )
 
     def generation(self, **edit: str | None) -> ImageRequest:
         """The service's request: our fields as they are, OpenAI's translated."""
@@ -136,7 +130,7 @@ class ImageGenerationRequest(OpenAIFields, EditFields, PromptFields):
     model_config = ConfigDict(json_schema_extra={"allOf": [*REQUEST_RULES, *EDIT_RULES]})
 
 
-class ImageEditForm(OpenAIFields, PromptFields):
+class ImageEditForm(OpenAIFields, StrengthField, PromptFields):
     """OpenAI's `POST /v1/images/edits` multipart form."""
 
     # Unknown parts are ignored, as OpenAI's endpoint does.
@@ -153,7 +147,6 @@ class ImageEditForm(OpenAIFields, PromptFields):
     mask: UploadFile | None = Field(
         None, description="Same size as the image; transparent (or white) = repaint."
     )
-    strength: Strength = None
 
 
 class ImageData(BaseModel):

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from diffusers_runtime.engine import Engine
 from diffusers_runtime.errors import DeviceOutOfMemory, GenerationFailed, install_handlers
 from diffusers_runtime.loading import load_pipeline
-from diffusers_runtime.request import Generation
+from diffusers_runtime.request import Generation, GenerationRequest
 from diffusers_runtime.settings import RuntimeSettings
 
 
@@ -26,16 +26,12 @@ def pipe(tiny_model):
 
 def generation(seed: int, steps: int = 4, side: int = 64, prompt: str = "a boat") -> Generation:
     return Generation(
-        prompt=prompt,
-        negative_prompt=None,
+        request=GenerationRequest(prompt=prompt),
         width=side,
         height=side,
         num_inference_steps=steps,
         guidance_scale=7.0,
         seed=seed,
-        num_images=1,
-        scheduler=None,
-        output_format="png",
     )
 
 

@@ -13,25 +13,21 @@ from PIL import Image
 
 from diffusers_runtime.engine import Engine, partial_steps
 from diffusers_runtime.loading import load_pipeline
-from diffusers_runtime.request import Generation
+from diffusers_runtime.request import Generation, GenerationRequest
 from diffusers_runtime.settings import RuntimeSettings
 from scripts.servers import DEFAULT_MODEL
 
 
 def generation(partial_images: int, steps: int = 6, seed: int = 1, **fields) -> Generation:
     return Generation(
-        prompt="a red circle on a blue background",
-        negative_prompt=None,
+        request=GenerationRequest(
+            prompt="a red circle on a blue background", partial_images=partial_images, **fields
+        ),
         width=64,
         height=64,
         num_inference_steps=steps,
         guidance_scale=7.0,
         seed=seed,
-        num_images=1,
-        scheduler=None,
-        output_format="png",
-        partial_images=partial_images,
-        **fields,
     )
 
 
@@ -110,7 +106,7 @@ def test_every_image_of_a_request_has_its_partials_and_a_batch_neighbour_has_non
 
 
 def test_a_scheduler_without_sigmas_still_sends_its_partial_images(tiny):
-    ddim = dataclasses.replace(generation(2), scheduler="DDIMScheduler")
+    ddim = generation(2, scheduler="DDIMScheduler")
     _, (partials,) = run(tiny, (ddim, True))
     assert len(partials) == 2
 
@@ -138,7 +134,9 @@ def test_partial_images_of_the_trained_model_converge_on_the_final_image():
     # A large shape: against a small one a flat picture is already close to the final image.
     scene = dataclasses.replace(
         generation(3, steps=20, seed=0),
-        prompt="a large yellow circle in the center on a blue background",
+        request=GenerationRequest(
+            prompt="a large yellow circle in the center on a blue background", partial_images=3
+        ),
         width=128,
         height=128,
         guidance_scale=4.0,

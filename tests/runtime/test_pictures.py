@@ -16,7 +16,7 @@ from PIL import Image
 
 from diffusers_runtime.engine import Engine
 from diffusers_runtime.loading import load_pipeline
-from diffusers_runtime.request import Generation
+from diffusers_runtime.request import Generation, GenerationRequest
 from diffusers_runtime.settings import RuntimeSettings
 from scene_model import analysis, scenes
 from scripts.servers import DEFAULT_MODEL
@@ -164,8 +164,8 @@ def test_a_batched_picture_matches_its_solo_picture_within_one_level():
 
     def generation(prompt: str) -> Generation:
         return Generation(
-            prompt=prompt, negative_prompt=None, width=128, height=128, num_inference_steps=20,
-            guidance_scale=7.0, seed=3, num_images=1, scheduler=None, output_format="png",
+            request=GenerationRequest(prompt=prompt), width=128, height=128,
+            num_inference_steps=20, guidance_scale=7.0, seed=3,
         )  # fmt: skip
 
     async def scenario():

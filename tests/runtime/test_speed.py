@@ -14,7 +14,7 @@ from PIL import Image
 
 from diffusers_runtime.engine import Engine
 from diffusers_runtime.loading import load_pipeline
-from diffusers_runtime.request import Generation
+from diffusers_runtime.request import Generation, GenerationRequest
 from diffusers_runtime.settings import RuntimeSettings
 from diffusers_runtime.speed import SPEEDS, Speeds, trailing_copies
 from scene_model import analysis
@@ -32,16 +32,12 @@ def default_pipe():
 
 def generation(speed: str, seed: int = 0, prompt: str = PROMPT) -> Generation:
     return Generation(
-        prompt=prompt,
-        negative_prompt=None,
+        request=GenerationRequest(prompt=prompt),
         width=128,
         height=128,
         num_inference_steps=20,
         guidance_scale=4.0,
         seed=seed,
-        num_images=1,
-        scheduler=None,
-        output_format="png",
         speed=speed,  # type: ignore[arg-type]
     )
 
