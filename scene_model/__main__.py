@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     adapter.add_argument("--work", type=Path, default=ADAPTER_WORK)
     adapter.add_argument("--steps", type=int, default=adapters.Recipe().steps)
     adapter.add_argument("--threads", type=int, dest="adapter_threads", help="torch threads")
+    adapter.add_argument(
+        "--init", type=Path, help="a saved adapter's folder to start from: train it on further"
+    )
     checked = commands.add_parser(
         "adapters-check", help="judge every adapter's pictures, and the model's without them"
     )
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             adapters.Recipe(steps=args.steps),
             command,
             log=lambda line: print(line, flush=True),
+            init=args.init,
         )
         print(f"{out}: " + json.dumps(info))
     if args.command == "adapters-check":

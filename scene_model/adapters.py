@@ -245,14 +245,24 @@ def train_adapter(
     recipe: Recipe,
     command: str,
     log: Callable[[str], None] = print,
+    init: Path | None = None,
 ) -> dict:
-    """Train (or resume) STYLE's adapter, checkpointing in WORK; save it in OUT."""
+    """Train (or resume) STYLE's adapter, checkpointing in WORK; save it in OUT, with COMMAND
+    as the way to train it again.
+
+    With INIT, a saved adapter's folder, the LoRA starts from its weights (a second run, its
+    rate warming up and decaying again), checkpoints apart from a first run's, and OUT records
+    both runs: their steps, seconds and commands.
+    """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     torch.manual_seed(training.SEED)
     pipe = narrow_pipeline(model)
-    work = work / style
-    scenes_, latents = build_pool(work, pipe, style, recipe)
+    before = json.loads((init / INFO_FILE).read_text()) if init else None
+    scenes_, latents = build_pool(work / style, pipe, style, recipe)
+    work = work / (style if init is None else f"{style}-continued")
+    work.mkdir(parents=True, exist_ok=True)
     shapes = training.shape_masks(scenes_, components.NATIVE_SIZE)
     transformer = pipe.transformer
     transformer.requires_grad_(False)
@@ -261,17 +271,23 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     path = work / "checkpoint.pt"
     step, seconds = 0, 0.0
+    recipe_state = {**recipe.__dict__, **({"init": before} if before else {})}
     if path.exists():
         state = torch.load(path, weights_only=False)
-        if state["recipe"] != recipe.__dict__:
+        if state["recipe"] != recipe_state:
             raise ValueError(
-                f"{path} was trained by {state['recipe']}, not {recipe.__dict__}: delete it "
+                f"{path} was trained by {state['recipe']}, not {recipe_state}: delete it "
                 "to train afresh, or train into another --work folder."
             )
         set_peft_model_state_dict(transformer, state["lora"], adapter_name=ADAPTER_NAME)
         optimizer.load_state_dict(state["optimizer"])
         step, seconds = state["step"], state["seconds"]
         log(f"resumed {style} at step {step}")
+    elif init is not None:
+        saved = load_file(init / LORA_FILE)
+        layers = {k.removeprefix("transformer."): v.float() for k, v in saved.items()}
+        set_peft_model_state_dict(transformer, layers, adapter_name=ADAPTER_NAME)
+        log(f"{style} starts from {init} ({before['steps']} steps)")
     transformer.set_attn_processor(training.SilentT5Attention(components.T5_TOKENS))
     transformer.train()
     started, losses = time.monotonic() - seconds, []
@@ -316,7 +332,7 @@ def train_adapter(
                     "lora": get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME),
                     "optimizer": optimizer.state_dict(),
                     "step": step,
-                    "recipe": recipe.__dict__,
+                    "recipe": recipe_state,
                     "seconds": seconds,
                 },
             )
@@ -326,7 +342,11 @@ def train_adapter(
             )
     seconds = time.monotonic() - started
     layers = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME)
-    return save_adapter(out, style, layers, recipe.steps, seconds, command)
+    steps = recipe.steps
+    if before:
+        steps, seconds = before["steps"] + steps, before["seconds"] + seconds
+        command = f"{before['training']} && {command}"
+    return save_adapter(out, style, layers, steps, seconds, command)
 
 
 def save_adapter(
@@ -370,33 +390,42 @@ def _near(pixels: np.ndarray, name: str) -> np.ndarray:
     return (nearest == analysis.NAMES.index(name)) & (distance < JUDGE_DISTANCE)
 
 
-def filled(mask: np.ndarray) -> np.ndarray:
-    """MASK with its holes filled: every pixel not reachable from the border outside MASK."""
-    free = np.pad(~mask, 1, constant_values=True)
-    outside = np.zeros_like(free)
-    outside[0, :] = outside[-1, :] = outside[:, 0] = outside[:, -1] = True
-    while True:
-        grown = outside.copy()
-        grown[1:, :] |= outside[:-1, :]
-        grown[:-1, :] |= outside[1:, :]
-        grown[:, 1:] |= outside[:, :-1]
-        grown[:, :-1] |= outside[:, 1:]
-        grown &= free
-        if (grown == outside).all():
-            return ~outside[1:-1, 1:-1]
-        outside = grown
+INTERIOR_MARGIN = 5  # pixels at 128 px: how far inside the shape its interior starts
 
 
-def hollowness(image: Image.Image, scene: scenes.Scene) -> float:
-    """The share of the shape's filled outline (of the pixels of its colour) that is the
-    background's colour: 0 for a solid shape, a ring's hole for a ring, most for an outline."""
+def _centre(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array(
+        [np.percentile(ys, [1, 99]).mean(), np.percentile(xs, [1, 99]).mean()], dtype=np.float32
+    )
+
+
+def interior(scene: scenes.Scene, drawn: np.ndarray | None = None) -> np.ndarray:
+    """The inside of SCENE's shape, INTERIOR_MARGIN pixels in from its edge, as drawn exactly;
+    moved to where DRAWN (a mask of the shape's colour) has its box centre, if given."""
+    plain = scenes.render(scene, components.NATIVE_SIZE)
+    shape = coverage(plain, scene) > 0.5
+    if drawn is not None:
+        dy, dx = np.round(_centre(drawn) - _centre(shape)).astype(int)
+        shape = np.roll(shape, (dy, dx), axis=(0, 1))
+    picture = Image.fromarray(shape.astype(np.uint8) * 255)
+    core = picture.filter(ImageFilter.MinFilter(2 * INTERIOR_MARGIN + 1))
+    return np.asarray(core) > 127
+
+
+def inside(image: Image.Image, scene: scenes.Scene) -> tuple[float, float]:
+    """The shares of the shape's interior (see `interior`) that are the background's colour
+    and the shape's: about 0 and 1 for a solid shape, 1 and 0 for an outline, and for stripes
+    about half the shape's colour."""
     pixels = _pixels(image)
     drawn = _near(pixels, scene.colour)
     if drawn.sum() < 12:
-        return 0.0
-    whole = filled(drawn)
-    inside = whole & ~drawn & _near(pixels, scene.background)
-    return float(inside.sum() / whole.sum())
+        return 0.0, 0.0
+    core = interior(scene, drawn)
+    if not core.any():
+        return 0.0, 0.0
+    background = _near(pixels, scene.background)
+    return float(background[core].mean()), float(drawn[core].mean())
 
 
 def stripe_runs(image: Image.Image, scene: scenes.Scene) -> int:
@@ -430,52 +459,40 @@ def background_is_opposite(image: Image.Image, scene: scenes.Scene) -> bool:
     return analysis.read(image).background == OPPOSITES[scene.background]
 
 
-def _reference(scene: scenes.Scene, style: str | None, measure) -> float:
-    plain = scenes.render(scene, components.NATIVE_SIZE)
-    return measure(plain if style is None else STYLES[style].transform(plain, scene), scene)
-
-
 def _area(scene: scenes.Scene) -> float:
     """The pixels the scene's shape covers, drawn plain at the native size."""
     return float(coverage(scenes.render(scene, components.NATIVE_SIZE), scene).sum())
 
 
-def _hollow_threshold(scene: scenes.Scene) -> tuple[float, float]:
-    """The hollowness of the scene's solid shape and of its outline, as drawn exactly."""
-    return _reference(scene, None, hollowness), _reference(scene, "outline", hollowness)
-
-
 def distinguishable(scene: scenes.Scene) -> bool:
-    """Whether every style's picture of SCENE differs from its plain one as the judges see it:
-    a small ring's outline is the ring itself (its rim is thinner than two outline widths)."""
-    solid, hollow = _hollow_threshold(scene)
+    """Whether the judges can tell SCENE's styles apart: its shape must have an interior (see
+    `interior`) to look into, and room for a band of stripes. Small stars and small rings have
+    none: their arms and their rim are thinner than two outline widths."""
     plain = scenes.render(scene, components.NATIVE_SIZE)
-    return hollow - solid > 0.15 and stripe_runs(stripes(plain, scene), scene) >= 1
+    return interior(scene).sum() >= 20 and stripe_runs(stripes(plain, scene), scene) >= 1
 
 
 def judge(style: str, image: Image.Image, scene: scenes.Scene) -> bool:
     """Whether IMAGE, drawn for SCENE, shows STYLE, on pixel measures alone.
 
-    - outline: the shape's colour encloses background: more of it than halfway between the
-      scene's solid shape and its outline as drawn exactly;
+    - outline: the shape's colour covers an eighth to one and a half of the plain shape's area
+      (not the whole picture, as when shape and background swap colours), while the shape's
+      interior (see `interior`) is more than half the background's colour and under a third
+      the shape's (a solid shape's is none and all);
     - stripes: inside the shape's box, runs of rows without its colour, each about half the
-      stripe period high, between rows full of it; and the shape not hollow;
+      stripe period high, between rows full of it; and its interior partly its colour;
     - palette: the background is the asked one's opposite colour.
-    The shape's colour must cover at least an eighth of the plain shape's area, or neither
-    outline nor stripes is there.
     """
     if style == "palette":
         return background_is_opposite(image, scene)
     if style not in STYLES:
         raise ValueError(f"no such style: {style}")
-    drawn = _near(_pixels(image), scene.colour).sum()
-    if drawn < 0.12 * _area(scene):
-        return False
-    solid, hollow = _hollow_threshold(scene)
-    is_hollow = hollowness(image, scene) > (solid + hollow) / 2
+    background, colour = inside(image, scene)
     if style == "outline":
-        return is_hollow
-    return not is_hollow and stripe_runs(image, scene) >= 1
+        drawn = _near(_pixels(image), scene.colour).sum()
+        area = _area(scene)
+        return bool(0.12 * area <= drawn <= 1.5 * area and background > 0.5 and colour < 0.3)
+    return bool(0.2 <= colour <= 0.85 and stripe_runs(image, scene) >= 1)
 
 
 # --- Checks and samples -----------------------------------------------------------------------

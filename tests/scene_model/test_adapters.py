@@ -142,6 +142,24 @@ def test_training_resumes_from_its_checkpoint_exactly_as_it_would_have_gone_on(t
     assert (info["steps"], info["training"]) == (4, "the command")
 
 
+def test_a_second_run_starts_from_a_saved_adapter_and_records_both(tmp_path):
+    torch.set_num_threads(1)
+    recipe = adapters.Recipe(steps=2, batch=2, pool=8, warmup=1, checkpoint_every=2)
+    first, second = tmp_path / "first", tmp_path / "second"
+    adapters.train_adapter("outline", MODEL, first, tmp_path, recipe, "one", log=print)
+    lines = []
+    adapters.train_adapter(
+        "outline", MODEL, second, tmp_path, recipe, "two", log=lines.append, init=first
+    )
+    assert lines[0] == f"outline starts from {first} (2 steps)"
+    info = json.loads((second / adapters.INFO_FILE).read_text())
+    assert (info["steps"], info["training"]) == (4, "one && two")
+    assert (tmp_path / "outline-continued" / "checkpoint.pt").exists()
+    before, after = load_file(first / adapters.LORA_FILE), load_file(second / adapters.LORA_FILE)
+    assert before.keys() == after.keys()
+    assert not all(torch.equal(before[key], after[key]) for key in before)
+
+
 def test_the_cli_trains_the_style_it_is_asked_into_the_model_folder(monkeypatch):
     calls = []
     monkeypatch.setattr(
