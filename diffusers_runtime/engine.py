@@ -27,6 +27,7 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from PIL import Image
 
 from . import metrics
+from .adapters import Adapters
 from .errors import (
     DeviceOutOfMemory,
     GenerationCancelled,
@@ -172,8 +173,10 @@ class Engine:
         model_name: str,
         max_batch_size: int,
         batch_window_seconds: float,
+        adapters: Adapters | None = None,
     ):
         self._pipe = pipe
+        self.adapters = adapters
         self._model = model_name
         self._max_batch = max_batch_size
         self._window = batch_window_seconds
@@ -450,6 +453,15 @@ class Engine:
             kwargs.update(image=sources, strength=first.strength)
         if first.mode == "inpaint":
             kwargs["mask_image"] = masks
+        if self.adapters is not None:
+            # Every variant shares the denoiser, and with it the adapters set here.
+            self.adapters.activate(first.loras)
+            if first.loras:
+                log.info(
+                    "pipeline call for %s with LoRA %s",
+                    ",".join(job.request_id for job in batch),
+                    " + ".join(f"{name} x{scale:g}" for name, scale in first.loras),
+                )
         # Only what this pipeline takes: img2img pipelines, for one, have no width/height.
         accepted = inspect.signature(pipe.__call__).parameters
         with torch.inference_mode(), self.speeds.applied(pipe, first.speed):

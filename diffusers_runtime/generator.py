@@ -10,20 +10,23 @@ import inspect
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from wire.fields import MAX_LORA_SCALE, MIN_LORA_SCALE
 from wire.logs import request_id as current_request_id
 
 from . import metrics
+from .adapters import Adapters
 from .encoding import PIL_FORMATS, encoded_image
 from .engine import Engine, PartialCallback, ProgressCallback
 from .errors import BadRequest, RuntimeFailure
 from .loading import LoadedPipeline, load_pipeline
 from .request import BACKGROUND, Generation, Limits, parse
 from .serving import ServedDefaults, read_serving_file, resolve_defaults
-from .settings import RuntimeSettings
+from .settings import RuntimeSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +84,23 @@ class Generator:
         self.name = name
         self.settings = settings
         self.loaded: LoadedPipeline = load_pipeline(settings)
+        lora_dir = settings.lora_dir or (self.loaded.folder and self.loaded.folder / "loras")
+        self.adapters = Adapters(
+            Path(lora_dir) if lora_dir else None, self.loaded.pipe, name, settings.lora_cache_size
+        )
         self.engine = Engine(
             self.loaded.pipe,
             name,
             max_batch_size=settings.max_batch_size,
             batch_window_seconds=settings.batch_window_ms / 1000,
+            adapters=self.adapters,
         )
         self.limits, self.defaults = limits_for(self.loaded, settings, self.engine)
+        if preload := settings.preloaded_loras():
+            try:
+                self.adapters.preload(preload)
+            except BadRequest as exc:
+                raise SettingsError(f"invalid runtime configuration: {exc}") from None
         if self.loaded.compiled:
             sizes = settings.warmup_sizes() or [
                 (self.limits.default_width, self.limits.default_height)
@@ -100,8 +113,11 @@ class Generator:
             )
 
     def parse(self, raw: Any, where: str = "", strict: bool = True) -> Generation:
-        """One request instance, checked against this model's limits (request.parse)."""
-        return parse(raw, self.limits, where, strict)
+        """One request instance, checked against this model's limits (request.parse) and
+        adapters."""
+        generation = parse(raw, self.limits, where, strict)
+        self.adapters.check(generation.loras, where)
+        return generation
 
     def capabilities(self) -> dict[str, Any]:
         """The pipeline's facts, then the limits it is served with."""
@@ -118,6 +134,8 @@ class Generator:
             **limits,
             **self.defaults.describe(),
             "schedulers": list(self.limits.schedulers),
+            "loras": self.adapters.describe(),
+            "lora_scale_range": [MIN_LORA_SCALE, MAX_LORA_SCALE],
             "edit_modes": {
                 mode: {"supported": reason is None, "reason": reason}
                 for mode, reason in self.limits.edit_modes.items()
@@ -173,6 +191,7 @@ class Generator:
             "output_compression": generation.request.output_compression,
             "quality": generation.quality,
             "speed": generation.speed,
+            "loras": [{"name": name, "scale": scale} for name, scale in generation.loras],
             "background": BACKGROUND,
             "mode": generation.mode,
             **self._edit_fields(generation),

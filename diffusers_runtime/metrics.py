@@ -42,3 +42,18 @@ CANCELLATIONS = Counter(
     "diffusers_cancellations", "Requests cancelled by their client before completion", ["model"]
 )
 ERRORS = Counter("diffusers_errors", "Failed requests by kind", ["model", "kind"])
+LORA_LOADS = Counter("diffusers_lora_loads", "LoRA adapters loaded into the pipeline", ["model"])
+LORA_CACHE = Counter(
+    "diffusers_lora_cache",
+    "A batch's adapter found loaded (hit) or not (miss)",
+    ["model", "result"],
+)
+LORA_EVICTIONS = Counter(
+    "diffusers_lora_evictions", "Adapters unloaded to keep LORA_CACHE_SIZE", ["model"]
+)
+LORA_LOAD_SECONDS = Histogram(
+    "diffusers_lora_load_seconds",
+    "Time to load one adapter into the pipeline (worker thread, between pipeline calls)",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)

@@ -238,7 +238,11 @@ def _document(base: dict[str, Any], capabilities: dict[str, Any]) -> dict[str, A
             "text/event-stream": EVENTS,
         }
         op["responses"] |= _responses(openai_error, BAD_REQUEST, FAILED, NOT_READY)
-    for path in ("/v1/models/{model_name}", "/v1/models/{model_name}/capabilities"):
+    for path in (
+        "/v1/models/{model_name}",
+        "/v1/models/{model_name}/capabilities",
+        "/v1/models/{model_name}/adapters",
+    ):
         operation(path, "get")["responses"] |= _responses(error, UNKNOWN_MODEL, NOT_READY)
     paths["/v2/models/{model_name}/infer"]["post"]["requestBody"] = _v2_body()
     for path in (p for p in paths if p.startswith("/v2/models/{model_name}")):

@@ -62,6 +62,7 @@ class Limits:
     edit_modes: dict[str, str | None]
     quality_steps: dict[str, int]
     default_speed: Speed
+    max_loras_per_request: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Generation:
     # The preset that chose the steps; None when the request named num_inference_steps.
     quality: Preset | None = None
     speed: Speed = "exact"
+    # (name, scale) of each LoRA adapter, those of scale 0 left out: no adapter at all.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call: a field the pipeline call
@@ -100,6 +103,7 @@ class Generation:
             self.request.scheduler,
             self.request.negative_prompt is not None,
             self.speed,
+            self.loras,
         )
 
 
@@ -190,6 +194,17 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
             f"{where}background: transparent needs a model that draws an alpha channel; this "
             "one draws opaque RGB images. Use opaque or auto and cut the subject out afterwards"
         )
+    names = [lora.name for lora in request.loras or ()]
+    if len(names) > limits.max_loras_per_request:
+        problems.append(
+            f"{where}loras: {len(names)} adapters, at most {limits.max_loras_per_request} "
+            "(MAX_LORAS_PER_REQUEST)"
+        )
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        problems.append(
+            f"{where}loras: {', '.join(twice)} more than once; give each adapter once, with "
+            "the sum of its scales"
+        )
     output_format = request.output_format or "png"
     if request.output_compression is not None and output_format == "png":
         problems.append(
@@ -223,6 +238,7 @@ def resolve(request: GenerationRequest, limits: Limits, where: str = "") -> Gene
         strength=strength,
         quality=preset,
         speed=request.speed or limits.default_speed,
+        loras=tuple((lora.name, lora.scale) for lora in request.loras or () if lora.scale),
     )
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import ModelNotFound, ModelNotReady
 
+from wire.fields import MAX_LORA_SCALE, MIN_LORA_SCALE
 from wire.sse import SSE_HEADERS, sse
 
 from .errors import error_body
@@ -103,6 +104,17 @@ def register_routes(app: FastAPI, model: DiffusersModel) -> None:
     async def capabilities(model_name: str) -> dict[str, Any]:
         """Limits, defaults, schedulers and formats this runtime accepts."""
         return served(model_name).serving().capabilities()
+
+    @app.get("/v1/models/{model_name}/adapters", tags=["diffusers"])
+    async def adapters(model_name: str) -> dict[str, Any]:
+        """The LoRA adapters in LORA_DIR now, each with its description; pass them in a
+        request's `loras`."""
+        generator = served(model_name).serving()
+        return {
+            "adapters": generator.adapters.describe(),
+            "max_loras_per_request": generator.limits.max_loras_per_request,
+            "scale_range": [MIN_LORA_SCALE, MAX_LORA_SCALE],
+        }
 
     @app.post("/v1/models/{model_name}:generate", tags=["diffusers"])
     async def generate(model_name: str, request: Request) -> StreamingResponse:

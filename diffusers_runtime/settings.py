@@ -60,6 +60,15 @@ class RuntimeSettings(BaseSettings):
     max_input_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
+    # LoRA adapters (adapters.py): each a folder diffusers' save_lora_weights wrote, or one
+    # .safetensors file (diffusers' or Kohya's layout), under LORA_DIR; unset, the `loras`
+    # folder of a local model (KServe's /mnt/models/loras). Read on first use (or at start:
+    # LORA_PRELOAD, comma-separated), LORA_CACHE_SIZE of them kept in the pipeline.
+    lora_dir: str | None = None
+    max_loras_per_request: int = Field(4, ge=1)
+    lora_cache_size: int = Field(8, ge=1)
+    lora_preload: str = Field("", pattern=r"^([A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*)?$")
+
     # Dynamic batching: requests that can share one pipeline call wait up to the window.
     # A batch size of 1 turns batching off.
     max_batch_size: int = Field(4, ge=1)
@@ -77,6 +86,19 @@ class RuntimeSettings(BaseSettings):
         if value is not None and limit is not None and value > limit:
             raise ValueError(f"more than MAX_STEPS ({limit}); lower it or raise MAX_STEPS")
         return value
+
+    @field_validator("lora_cache_size")
+    @classmethod
+    def _holds_a_request(cls, value: int, info: ValidationInfo) -> int:
+        most = info.data.get("max_loras_per_request")
+        if most is not None and value < most:
+            raise ValueError(
+                f"smaller than MAX_LORAS_PER_REQUEST ({most}): one request's adapters must fit"
+            )
+        return value
+
+    def preloaded_loras(self) -> list[str]:
+        return self.lora_preload.split(",") if self.lora_preload else []
 
     def warmup_sizes(self) -> list[tuple[int, int]]:
         return (

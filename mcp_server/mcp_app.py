@@ -99,8 +99,9 @@ class Tools:
 
     async def list_models(self) -> ModelList:
         """Every model: its name (pass it as `model`), whether it is ready, its limits (max
-        pixels, steps, images per request), defaults and schedulers; where its folder gives
-        them, the words it knows (`vocabulary`) and prompts it draws well (`example_prompts`)."""
+        pixels, steps, images per request), defaults and schedulers, its style adapters (`loras`,
+        each with a description; pass them in `loras`); where its folder gives them, the words
+        it knows (`vocabulary`) and prompts it draws well (`example_prompts`)."""
         return ModelList(
             models=await self.service.models(), discovery=self.service.discovery_status()
         )

@@ -20,6 +20,10 @@ MAX_PARTIAL_IMAGES = 3
 MAX_OUTPUT_COMPRESSION = 100
 # Beyond this, classifier-free guidance only burns the picture.
 MAX_GUIDANCE_SCALE = 50.0
+# A LoRA adapter's weight: 1 as trained, 0 off, negative subtracts its style; past 2 they
+# mostly break the picture.
+MIN_LORA_SCALE = -2.0
+MAX_LORA_SCALE = 2.0
 
 Prompt = Annotated[str, Field(min_length=1)]
 # The pipeline's latents are at least one patch (the model's size multiple and its least side
@@ -36,6 +40,10 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 # OpenAI's names: gpt-image's low/medium/high/auto and DALL-E 3's standard/hd.
 Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
 Background = Literal["opaque", "auto", "transparent"]
+# An adapter's name is its file's or folder's name in the runtime's LORA_DIR (without
+# .safetensors); peft keys modules by it, which forbids dots.
+LoraName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+LoraScale = Annotated[float, Field(ge=MIN_LORA_SCALE, le=MAX_LORA_SCALE)]
 # How much of the exact computation a request trades for time (the runtime's speed.py says
 # what each runs); OpenAI's `quality` keeps its meaning, the number of steps.
 Speed = Literal["exact", "balanced", "fast"]
@@ -105,6 +113,7 @@ def limit_keywords(capabilities: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         "num_images": images,
         "n": images,
         "scheduler": {"enum": capabilities["schedulers"]},
+        "loras": {"maxItems": capabilities["max_loras_per_request"]},
     }
 
 

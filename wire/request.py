@@ -6,6 +6,7 @@ client that sends every field (strict-mode tool calling does) can send null for 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -14,6 +15,8 @@ from wire.fields import (
     Background,
     GuidanceScale,
     ImageCount,
+    LoraName,
+    LoraScale,
     OutputCompression,
     OutputFormat,
     PartialImages,
@@ -46,6 +49,27 @@ WHOLE = BeforeValidator(_whole)
 NUMBER = BeforeValidator(_number)
 
 
+def _json_text(value: object) -> object:
+    """A multipart form carries a list as its JSON text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError(
+                "must be a list of {name, scale} objects (as JSON text in a form)"
+            ) from None
+    return value
+
+
+# One LoRA adapter of the served model and its weight. No docstring: it would be repeated in
+# every tool's schema.
+class Lora(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: LoraName = Field(description="One of the model's loras.")
+    scale: Annotated[LoraScale, NUMBER] = Field(1.0, description="1 as trained, 0 off.")
+
+
 class PromptFields(BaseModel):
     """What every generation takes, in every front end."""
 
@@ -63,6 +87,11 @@ class PromptFields(BaseModel):
     scheduler: str | None = Field(None, description="One of the model's schedulers.")
     output_format: OutputFormat | None = Field(None, description="Default png.")
     speed: Speed | None = Field(None, description="Exact or faster approximations.")
+    loras: Annotated[list[Lora], BeforeValidator(_json_text)] | None = Field(
+        None,
+        description="Style adapters (the model's loras) to use when one's description fits "
+        "the request; several combine.",
+    )
 
 
 class SizeFields(BaseModel):
