@@ -183,6 +183,19 @@ deploy-with-diffusers-prod: ## Runtime (redhat-dog) first, wait for Ready, then 
 	$(call deploy_runtime,redhat-dog)
 	$(call deploy_mcp,production)
 
+# Production's LoRA adapters live on a volume of their own (kustomize/runtime/overlays/
+# redhat-dog/pvc-loras.yaml), read-only in the predictors; a pod of its own writes to it.
+LORA ?=
+LORA_RUNTIME ?= redhat-dog
+lora_ns = -n $(call runtime_namespace,$(LORA_RUNTIME))
+.PHONY: lora-push
+lora-push: ## Copy the LoRA adapter LORA (a save_lora_weights folder or a .safetensors file) to the production model's adapters; served from its next request
+	$(if $(LORA),,$(error LORA=<a folder diffusers' save_lora_weights wrote, or a .safetensors file>))
+	$(call run,$(KUBECTL) $(lora_ns) apply -f kustomize/runtime/lora-push/pod.yaml)
+	$(call run,$(KUBECTL) $(lora_ns) wait --for=condition=Ready pod/lora-push --timeout=5m)
+	$(call run,$(KUBECTL) $(lora_ns) cp $(LORA) lora-push:/mnt/loras/$(notdir $(patsubst %/,%,$(LORA))))
+	$(call run,$(KUBECTL) $(lora_ns) delete pod lora-push --wait=false)
+
 # A namespace's ServingRuntime, runtime NetworkPolicies and discovery RBAC serve every model in
 # it (tiny-sd and its embedded variant share default): undeploying one model only removes its
 # InferenceService.

@@ -77,6 +77,8 @@ def test_runtime_overlay_objects(model_docs):
         expected += ["ServiceAccount"]
         # KEDA may request this account's bound tokens (no token Secret).
         expected += ["Role", "RoleBinding", "TriggerAuthentication"]
+        # Its LoRA adapters' volume (tests/deploy/test_loras.py).
+        expected += ["PersistentVolumeClaim"]
     assert kinds == sorted(expected)
     namespaced = [d for d in model_docs if d["kind"] != "Namespace"]
     assert {d["metadata"]["namespace"] for d in namespaced} == {RUNTIME_NAMESPACES[isvc]}
