@@ -78,11 +78,12 @@ run: install ## Run the local stack (runtime + MCP server; MODEL_ID, default mod
 		$(PY) -m scripts.local_stack
 
 .PHONY: bench
-bench: install ## Evaluate the default model; benchmark every layer, the speed tiers and how cost grows (bench/results/, docs/performance.md)
+bench: install ## Evaluate the default model; benchmark every layer, the speed tiers, how cost grows and LoRA adapters (bench/results/, docs/performance.md)
 	$(PY) -m scene_model evaluate --model $(MODEL_ID) --report bench/results/evaluation.json
 	MODEL_ID=$(MODEL_ID) $(PY) -m bench.run
 	$(PY) -m bench.tiers
 	$(PY) -m bench.cost
+	$(PY) -m bench.loras
 
 # OpenMP's default waiting, not OMP_WAIT_POLICY=PASSIVE: passive threads sleep between the
 # many small operations of a step and made the denoiser 1.44x slower.

@@ -119,7 +119,35 @@ function showModel() {
     }),
   );
   showVocabulary(caps.vocabulary);
+  showLoras(caps.loras || [], caps.lora_scale_range || [-2, 2]);
   $("negative").disabled = caps.supports_negative_prompt === false;
+}
+
+// One row per adapter: tick it to use it, at its scale (1 as trained).
+function showLoras(loras, [least, most]) {
+  $("lora-box").hidden = loras.length === 0;
+  $("loras").replaceChildren(
+    ...loras.map(({ name, description }) => {
+      const row = Object.assign(document.createElement("label"), { className: "lora" });
+      const use = Object.assign(document.createElement("input"), { type: "checkbox", value: name });
+      const scale = Object.assign(document.createElement("input"), {
+        type: "number", className: "lora-scale", min: least, max: most, step: 0.1, value: 1,
+      });
+      scale.setAttribute("aria-label", `${name} scale`);
+      const about = Object.assign(document.createElement("small"), { textContent: description || "" });
+      row.append(use, ` ${name} `, scale, about);
+      return row;
+    }),
+  );
+}
+
+function chosenLoras() {
+  return [...$("loras").querySelectorAll(".lora")]
+    .filter((row) => row.querySelector("input[type=checkbox]").checked)
+    .map((row) => ({
+      name: row.querySelector("input[type=checkbox]").value,
+      scale: Number(row.querySelector(".lora-scale").value),
+    }));
 }
 
 function showVocabulary(vocabulary) {
@@ -153,6 +181,7 @@ function settings() {
     guidance_scale: $("guidance").value !== "" ? Number($("guidance").value) : undefined,
     negative_prompt: $("negative").value.trim() || undefined,
     speed: $("speed").parentElement.hidden ? undefined : $("speed").value || undefined,
+    loras: chosenLoras().length ? chosenLoras() : undefined,
     stream: true,
     partial_images: 2,
   };
@@ -183,7 +212,10 @@ async function request(fields) {
     });
   }
   const form = new FormData();
-  for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
+  for (const [name, value] of Object.entries(fields)) {
+    // A form carries a list as its JSON text.
+    form.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+  }
   form.append("image", source.blob, "source.png");
   form.append("strength", $("strength").value);
   const mask = await maskBlob();

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scene_model import analysis, scenes
+from scene_model import adapters, analysis, scenes
 from scripts.servers import ServerProcess, metric, start_mcp_server
 from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
 
@@ -102,6 +102,18 @@ def test_a_first_visitor_draws_an_example_and_gets_the_asked_picture(page) -> No
     page.click("text=again with this seed")
     page.wait_for_function("document.getElementById('message').textContent.includes('image(s)')")
     assert np.array_equal(np.asarray(_picture(page, "#results figure img")), first)
+
+
+def test_a_ticked_style_adapter_restyles_the_picture(page) -> None:
+    """The model's adapters are offered, each with its description; a ticked one is applied."""
+    offered = page.locator("#loras .lora")
+    assert offered.count() >= 3 and "outline" in page.inner_text("#loras")
+    scene = scenes.Scene("square", "red", "blue", "center", "large")
+    page.fill("#prompt", scenes.full_caption(scene))
+    page.check("#loras input[value='palette']")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#results figure .row", timeout=60_000)
+    assert adapters.judge("palette", _picture(page, "#results figure img"), scene)
 
 
 def test_escape_cancels_and_the_runtime_stops(page, default_runtime: ServerProcess) -> None:
