@@ -214,6 +214,7 @@ OFFERED = {
     "/v1/models/{model_name}:predict",
     "/v1/models/{model_name}:generate",
     "/v1/models/{model_name}/capabilities",
+    "/v1/models/{model_name}/adapters",
     "/v2",
     "/v2/health/live",
     "/v2/health/ready",

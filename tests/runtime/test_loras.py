@@ -189,3 +189,26 @@ def test_the_cache_keeps_two_evicts_the_oldest_and_reloads_it_the_same(served) -
     assert (draw(served.url, ("outline", 1.0)) == first).all()  # loaded again, same bytes
     assert count("diffusers_lora_loads_total") == loads + 2
     assert count("diffusers_lora_load_seconds_count") >= loads + 2
+
+
+def test_v2_and_the_openai_route_take_loras_as_predict_does(served) -> None:
+    loras = [{"name": "outline", "scale": 1.0}]
+    v1 = predict(served.url, {"prompt": PROMPT, "seed": 5, "speed": "exact", "loras": loras})
+    expected = v1.json()["predictions"][0]["image"]["b64"]
+    v2 = httpx.post(
+        f"{served.url}/v2/models/model/infer",
+        json={
+            "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [PROMPT]}],
+            "parameters": {"seed": 5, "speed": "exact", "loras": loras},
+        },
+        timeout=120,
+    )
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"][0] == expected
+    openai = httpx.post(
+        f"{served.url}/openai/v1/images/generations",
+        json={"prompt": PROMPT, "seed": 5, "speed": "exact", "loras": loras},
+        timeout=120,
+    )
+    assert openai.status_code == 200, openai.text
+    assert openai.json()["data"][0]["b64_json"] == expected
