@@ -366,7 +366,10 @@ def _tool(
     # can be as compact as an agent's context wants. Inputs are closed objects whose optional
     # fields take null: strict-mode conversions (openai-agents, langchain, pydantic-ai on
     # OpenAI) make every field required, and a model then sends null for "the default".
-    tool.parameters = {**compact_schema(tool.parameters), "additionalProperties": False}
+    tool.parameters = {
+        **compact_schema(_inlined(tool.parameters)),
+        "additionalProperties": False,
+    }
     if tool.fn_metadata.output_schema is not None:
         tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema)
     return tool
@@ -449,6 +452,26 @@ def _empty_is_null(value: object) -> object:
 # An empty string means the default, as null does: strict-mode clients send one for what they
 # would leave out. No optional argument here has a meaningful empty value.
 EMPTY_IS_NULL = BeforeValidator(_empty_is_null)
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """SCHEMA with each reference to its `$defs` replaced by the definition: openai-agents'
+    strict-mode conversion refuses a reference inside a nullable list (the `loras` items)."""
+    definitions = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref", "")
+        if reference.startswith("#/$defs/"):
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return walk({**definitions[reference.removeprefix("#/$defs/")], **rest})
+        return {key: walk(value) for key, value in node.items() if key != "$defs"}
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 def compact_schema(node: Any) -> Any:
