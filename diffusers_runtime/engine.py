@@ -176,7 +176,7 @@ class Engine:
         adapters: Adapters | None = None,
     ):
         self._pipe = pipe
-        self.adapters = adapters
+        self._adapters = adapters
         self._model = model_name
         self._max_batch = max_batch_size
         self._window = batch_window_seconds
@@ -453,9 +453,9 @@ class Engine:
             kwargs.update(image=sources, strength=first.strength)
         if first.mode == "inpaint":
             kwargs["mask_image"] = masks
-        if self.adapters is not None:
+        if self._adapters is not None:
             # Every variant shares the denoiser, and with it the adapters set here.
-            self.adapters.activate(first.loras)
+            self._adapters.activate(first.loras)
             if first.loras:
                 log.info(
                     "pipeline call for %s with LoRA %s",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +214,17 @@ def test_v2_and_the_openai_route_take_loras_as_predict_does(served) -> None:
     )
     assert openai.status_code == 200, openai.text
     assert openai.json()["data"][0]["b64_json"] == expected
+
+
+def test_lora_preload_loads_before_ready_and_an_unknown_one_stops_the_start(tmp_path) -> None:
+    with start_runtime(tmp_path, MODEL_ID=str(DEFAULT_MODEL), LORA_PRELOAD="outline,palette") as up:
+        assert metric(up.url, "diffusers_lora_loads_total", model="model") == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusers_runtime", "--enable_grpc", "false"],
+        env={"MODEL_ID": str(DEFAULT_MODEL), "LORA_PRELOAD": "sepia", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "LORA_PRELOAD: loras: no adapter 'sepia' here; available: outline" in result.stderr

@@ -32,6 +32,8 @@ def test_defaults_follow_the_deployment_guide(monkeypatch):
         ("DEFAULT_SPEED", "warp"),
         ("COMPILE", "always"),
         ("COMPILE_WARMUP_SIZES", "128"),
+        ("LORA_CACHE_SIZE", "2"),  # below MAX_LORAS_PER_REQUEST (4)
+        ("LORA_PRELOAD", "a.b"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch, name, value):
