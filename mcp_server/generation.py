@@ -92,6 +92,8 @@ class GenerationResult(BaseModel):
     # For the REST answer (OpenAI's fields), kept out of the MCP result and its schema.
     quality: SkipJsonSchema[str | None] = Field(None, exclude=True)
     background: SkipJsonSchema[str | None] = Field(None, exclude=True)
+    # The adapters that drew it, for the summary line (the request's own `loras`).
+    loras: SkipJsonSchema[list[wire.Lora]] = Field(default_factory=list, exclude=True)
     # Five optional numbers cost more as a schema than as a sentence.
     timings: Annotated[
         Timings,

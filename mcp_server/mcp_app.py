@@ -247,7 +247,9 @@ def summary(result: GenerationResult) -> str:
     return (
         f"Generated {len(result.images)} image(s) with model {result.model!r}: "
         f"{result.width}x{result.height}, {result.num_inference_steps} steps, "
-        f"guidance {result.guidance_scale}, seed {result.seed} ({seconds:.1f} s). "
+        f"guidance {result.guidance_scale}, seed {result.seed}"
+        + "".join(f", LoRA {lora.name} x{lora.scale:g}" for lora in result.loras)
+        + f" ({seconds:.1f} s). "
         f"Full image(s): {links}"
     )
 

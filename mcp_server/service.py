@@ -203,6 +203,7 @@ class ImageService:
             speed=prediction.get("speed", request.speed),
             quality=prediction.get("quality"),
             background=prediction.get("background"),
+            loras=prediction.get("loras") or [],
             timings=timings,
             expires_at=time.time() + self.store.ttl_seconds,
         )

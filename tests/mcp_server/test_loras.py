@@ -48,6 +48,7 @@ def test_list_models_shows_each_adapter_and_generate_image_applies_one(
     assert not styled.is_error, styled.content
     image = next(c for c in styled.content if c.type == "image")
     assert styles.judge("palette", picture(image.data), SCENE)
+    assert "seed 0, LoRA palette x1 (" in styled.content[0].text
     assert unknown.is_error
     assert (
         "no adapter 'sepia' here; available: outline, palette, stripes" in unknown.content[0].text
