@@ -72,6 +72,14 @@ NOT_READY = (503, "The model is not loaded, the device is out of memory, or the 
 FAILED = (500, "The generation failed; the message says what failed")
 
 
+# Where only text travels (a form part, KServe's scalar v2 parameters), the list as JSON text.
+LORAS_AS_TEXT = {
+    "type": "string",
+    "contentMediaType": "application/json",
+    "description": 'The loras list as JSON text: [{"name": "outline", "scale": 1}]',
+}
+
+
 def _not_null(properties: dict[str, Any]) -> dict[str, Any]:
     """PROPERTIES with each nullable one's non-null branch only."""
     return {
@@ -109,10 +117,12 @@ def _schemas(capabilities: dict[str, Any]) -> dict[str, Any]:
         "image": {"type": "string", "format": "binary", "description": "The image to edit."},
         "mask": {"type": "string", "format": "binary", "description": "White = repaint."},
     }
+    form["properties"]["loras"] = dict(LORAS_AS_TEXT)
     form["required"] = ["prompt", "image"]
     form["allOf"] = [*OPTION_RULES, STREAM_ONLY]
     v2_parameters = copy.deepcopy(parameters)
     v2_parameters["properties"] = _not_null(v2_parameters["properties"])
+    v2_parameters["properties"]["loras"] = dict(LORAS_AS_TEXT)
     for title, schema in (
         ("Parameters", parameters),
         ("V2Parameters", v2_parameters),

@@ -129,5 +129,8 @@ def with_limits(
             if prop is None:
                 continue
             for branch in prop.get("anyOf", [prop]):
-                if branch.get("type") != "null":
+                # A list sent as its JSON text (a form part) is a string: no item count.
+                if branch.get("type") == "array" or (
+                    branch.get("type") != "null" and "maxItems" not in extra
+                ):
                     branch.update(extra)

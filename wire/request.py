@@ -50,15 +50,24 @@ NUMBER = BeforeValidator(_number)
 
 
 def _json_text(value: object) -> object:
-    """A multipart form carries a list as its JSON text."""
+    """A list as JSON text, where only text travels: a multipart form (one part with the whole
+    list, or a part per item, which arrive as a list of texts) or KServe's v2 parameters."""
     if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        texts = value
+    else:
+        return value
+    items: list[object] = []
+    for text in texts:
         try:
-            return json.loads(value)
+            found = json.loads(text)
         except ValueError:
             raise ValueError(
-                "must be a list of {name, scale} objects (as JSON text in a form)"
+                "must be a list of {name, scale} objects (as JSON text in a form or v2 parameters)"
             ) from None
-    return value
+        items.extend(found if isinstance(found, list) else [found])
+    return items
 
 
 # One LoRA adapter of the served model and its weight. No docstring: it would be repeated in
