@@ -113,8 +113,28 @@ def limit_keywords(capabilities: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         "num_images": images,
         "n": images,
         "scheduler": {"enum": capabilities["schedulers"]},
-        "loras": {"maxItems": capabilities["max_loras_per_request"]},
+        "loras": loras_keywords(
+            [lora["name"] for lora in capabilities["loras"]], capabilities["max_loras_per_request"]
+        ),
     }
+
+
+def loras_keywords(names: list[str], most: int) -> dict[str, Any]:
+    """`loras` as the served model takes it now: its adapters' NAMES, up to MOST of them. A list
+    sent as its JSON text (a form part, v2 parameters) gets the same as a pattern."""
+    scale = r"-?(2(\.0+)?|[01](\.\d+)?)"  # MIN_LORA_SCALE to MAX_LORA_SCALE
+    one = rf'\{{"name": ?"({"|".join(names)})"(, ?"scale": ?{scale})?\}}'
+    text = r"^\[\]$" if not names else rf"^\[({one}(, ?{one}){{0,{most - 1}}})?\]$"
+    item = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "enum": names},
+            "scale": {"type": "number", "minimum": MIN_LORA_SCALE, "maximum": MAX_LORA_SCALE},
+        },
+    }
+    return {"maxItems": most, "items": item, "pattern": text}
 
 
 def with_limits(
@@ -129,8 +149,15 @@ def with_limits(
             if prop is None:
                 continue
             for branch in prop.get("anyOf", [prop]):
-                # A list sent as its JSON text (a form part) is a string: no item count.
-                if branch.get("type") == "array" or (
-                    branch.get("type") != "null" and "maxItems" not in extra
-                ):
-                    branch.update(extra)
+                kind = branch.get("type")
+                if kind != "null":
+                    # A list sent as its JSON text is a string: array keywords go to arrays,
+                    # a pattern to strings.
+                    branch.update(
+                        {
+                            key: value
+                            for key, value in extra.items()
+                            if key not in ("maxItems", "items", "pattern")
+                            or (kind == "array") == (key != "pattern")
+                        }
+                    )
