@@ -428,12 +428,20 @@ def inside(image: Image.Image, scene: scenes.Scene) -> tuple[float, float]:
     return float(background[core].mean()), float(drawn[core].mean())
 
 
+def banded(image: Image.Image, scene: scenes.Scene) -> np.ndarray:
+    """Where IMAGE is neither the background's colour nor the stripes': the shape's bands,
+    whatever their exact colour (an adapter may drift it)."""
+    pixels = _pixels(image)
+    band = np.asarray(stripe_colour(scene), dtype=np.float32)
+    stripe = np.sqrt(((pixels - band) ** 2).sum(-1)) < JUDGE_DISTANCE
+    return ~_near(pixels, scene.background) & ~stripe
+
+
 def stripe_runs(image: Image.Image, scene: scenes.Scene) -> int:
     """How many bands of the stripe period lie inside the shape: the runs of rows, between two
     rows where the shape's colour fills its width, where it does not (each about half the
     stripe period high)."""
-    pixels = _pixels(image)
-    drawn = _near(pixels, scene.colour)
+    drawn = banded(image, scene)
     if drawn.sum() < 12:
         return 0
     ys, xs = np.nonzero(drawn)
@@ -465,11 +473,16 @@ def _area(scene: scenes.Scene) -> float:
 
 
 def distinguishable(scene: scenes.Scene) -> bool:
-    """Whether the judges can tell SCENE's styles apart: its shape must have an interior (see
-    `interior`) to look into, and room for a band of stripes. Small stars and small rings have
-    none: their arms and their rim are thinner than two outline widths."""
+    """Whether the judges tell SCENE's styles apart on its exact pictures: each says yes to its
+    style and no to the plain picture. Its shape must have an interior (see `interior`) to look
+    into: small stars and small rings have none, their arms and rim thinner than two outline
+    widths."""
     plain = scenes.render(scene, components.NATIVE_SIZE)
-    return interior(scene).sum() >= 20 and stripe_runs(stripes(plain, scene), scene) >= 1
+    return interior(scene).sum() >= 20 and all(
+        judge(style, STYLES[style].transform(plain, scene), scene)
+        and not judge(style, plain, scene)
+        for style in STYLES
+    )
 
 
 def judge(style: str, image: Image.Image, scene: scenes.Scene) -> bool:
@@ -479,8 +492,9 @@ def judge(style: str, image: Image.Image, scene: scenes.Scene) -> bool:
       (not the whole picture, as when shape and background swap colours), while the shape's
       interior (see `interior`) is more than half the background's colour and under a third
       the shape's (a solid shape's is none and all);
-    - stripes: inside the shape's box, runs of rows without its colour, each about half the
-      stripe period high, between rows full of it; and its interior partly its colour;
+    - stripes: inside the shape's box, runs of rows of the stripes' or the background's colour,
+      each about half the stripe period high, between rows full of anything else (the shape's
+      bands, whatever their exact colour; see `banded`); and its interior partly those bands;
     - palette: the background is the asked one's opposite colour.
     """
     if style == "palette":
@@ -492,7 +506,10 @@ def judge(style: str, image: Image.Image, scene: scenes.Scene) -> bool:
         drawn = _near(_pixels(image), scene.colour).sum()
         area = _area(scene)
         return bool(0.12 * area <= drawn <= 1.5 * area and background > 0.5 and colour < 0.3)
-    return bool(0.2 <= colour <= 0.85 and stripe_runs(image, scene) >= 1)
+    drawn = banded(image, scene)
+    core = interior(scene, drawn) if drawn.sum() >= 12 else np.zeros_like(drawn)
+    share = float(drawn[core].mean()) if core.any() else 0.0
+    return bool(0.2 <= share <= 0.85 and stripe_runs(image, scene) >= 1)
 
 
 # --- Checks and samples -----------------------------------------------------------------------
