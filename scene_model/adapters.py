@@ -298,20 +298,10 @@ def train_adapter(
         picks = [rng.randrange(len(scenes_)) for _ in range(recipe.batch)]
         batch = latents[picks]
         texts = [training_caption(scenes_[i], rng, recipe) for i in picks]
-        noise_gen = training._generator("adapter", style, "noise", step)
-        sigmas = torch.sigmoid(torch.randn(recipe.batch, generator=noise_gen))
-        noise = torch.randn(batch.shape, generator=noise_gen)
-        s = sigmas.view(-1, 1, 1, 1)
-        noisy = (1 - s) * batch + s * noise
         with torch.no_grad():
             context, pooled = training.encode_captions(pipe, texts)
-        prediction = transformer(
-            hidden_states=noisy,
-            encoder_hidden_states=context,
-            pooled_projections=pooled,
-            timestep=sigmas * 1000,
-        ).sample
-        error = (prediction - (noise - batch)) ** 2
+        noise_gen = training._generator("adapter", style, "noise", step)
+        error = training.flow_error(transformer, batch, context, pooled, noise_gen)
         weight = 1 + (style_weight - 1) * shapes[picks]
         loss = (error * weight).sum() / (weight.sum() * error.shape[1])
         for group in optimizer.param_groups:

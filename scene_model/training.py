@@ -428,6 +428,23 @@ class CaptionHeads(torch.nn.Module):
         return total
 
 
+def flow_error(
+    transformer, latents: torch.Tensor, context, pooled, noise_gen: torch.Generator
+) -> torch.Tensor:
+    """TRANSFORMER's squared error, per element, on the flow-matching velocity of LATENTS
+    noised at logit-normal times (as SD3 trains: most weight on the middle of the path)."""
+    sigmas = torch.sigmoid(torch.randn(latents.shape[0], generator=noise_gen))
+    noise = torch.randn(latents.shape, generator=noise_gen)
+    s = sigmas.view(-1, 1, 1, 1)
+    prediction = transformer(
+        hidden_states=(1 - s) * latents + s * noise,
+        encoder_hidden_states=context,
+        pooled_projections=pooled,
+        timestep=sigmas * 1000,
+    ).sample
+    return (prediction - (noise - latents)) ** 2
+
+
 def _trained_modules(pipe) -> dict[str, torch.nn.Module]:
     return {
         "transformer": pipe.transformer,
@@ -501,20 +518,9 @@ def train_denoiser(
         latents = pool.latents[picks]
         told = [training_caption(pool.scenes[i], rng, plan, stage) for i in picks]
         captions = [text for text, _ in told]
-        noise_gen = _generator(f"{stage.name}-noise", step)
-        # Logit-normal times, as SD3 trains: most weight on the middle of the path.
-        sigmas = torch.sigmoid(torch.randn(pool.batch, generator=noise_gen))
-        noise = torch.randn(latents.shape, generator=noise_gen)
-        s = sigmas.view(-1, 1, 1, 1)
-        noisy = (1 - s) * latents + s * noise
         context, pooled = encode_captions(pipe, captions)
-        prediction = pipe.transformer(
-            hidden_states=noisy,
-            encoder_hidden_states=context,
-            pooled_projections=pooled,
-            timestep=sigmas * 1000,
-        ).sample
-        error = (prediction - (noise - latents)) ** 2
+        noise_gen = _generator(f"{stage.name}-noise", step)
+        error = flow_error(pipe.transformer, latents, context, pooled, noise_gen)
         if step >= decay_from:
             weight = 1 + (plan.decay_shape_weight - 1) * pool.shapes[picks]
             loss = (error * weight).sum() / (weight.sum() * error.shape[1])
