@@ -304,14 +304,8 @@ def train_adapter(
         error = training.flow_error(transformer, batch, context, pooled, noise_gen)
         weight = 1 + (style_weight - 1) * shapes[picks]
         loss = (error * weight).sum() / (weight.sum() * error.shape[1])
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr * min(
-                1.0, (step + 1) / recipe.warmup, (recipe.steps - step) / decay
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        rate = recipe.lr * min(1.0, (step + 1) / recipe.warmup, (recipe.steps - step) / decay)
+        training.optimise(optimizer, params, loss, rate)
         step += 1
         losses.append(loss.item())
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:

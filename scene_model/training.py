@@ -445,6 +445,18 @@ def flow_error(
     return (prediction - (noise - latents)) ** 2
 
 
+def optimise(
+    optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, rate: float
+) -> None:
+    """One step of OPTIMIZER on LOSS at learning rate RATE, PARAMS' gradients clipped to norm 1."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def _trained_modules(pipe) -> dict[str, torch.nn.Module]:
     return {
         "transformer": pipe.transformer,
@@ -529,14 +541,8 @@ def train_denoiser(
         if heads_trained:
             facts = [(pool.scenes[i], named) for i, (_, named) in zip(picks, told, strict=True)]
             loss = loss + plan.caption_heads * heads.loss(pooled, facts)
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr * min(
-                1.0, (step + 1) / stage.warmup, (stage.steps - step) / stage.decay
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        rate = stage.lr * min(1.0, (step + 1) / stage.warmup, (stage.steps - step) / stage.decay)
+        optimise(optimizer, params, loss, rate)
         step += 1
         losses.append(loss.item())
         bar.update(1)
