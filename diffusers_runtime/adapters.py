@@ -92,7 +92,7 @@ class Adapters:
         for name, _ in loras:
             adapter = available.get(name)
             if adapter is None:
-                listing = ", ".join(available) or f"none (LORA_DIR {self.directory} is empty)"
+                listing = ", ".join(available) or "none (LORA_DIR holds no adapter)"
                 raise BadRequest(
                     f"{where}loras: no adapter {name!r} here; available: {listing} "
                     f"(GET /v1/models/{self._model}/adapters)"
@@ -113,10 +113,9 @@ class Adapters:
             # diffusers' own reading, which converts the other layouts it knows (Kohya's, ...).
             state = self._pipe.lora_state_dict(str(adapter.path))
         except Exception as exc:  # safetensors and diffusers raise many kinds for a bad file
-            return (
-                f"could not be read ({type(exc).__name__}: {exc}): the file is truncated, "
-                "corrupt or not a LoRA; replace it"
-            )
+            # The reason, with the file's path, for the operator; the client gets no paths.
+            log.warning("LoRA %s unreadable: %s: %s", adapter.path, type(exc).__name__, exc)
+            return "could not be read: the file is truncated, corrupt or not a LoRA; replace it"
         family = type(self._pipe).__name__
         components = {
             name: getattr(self._pipe, name, None)
