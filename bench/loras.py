@@ -67,7 +67,7 @@ async def measure(pipe: Any, rounds: int) -> dict[str, Any]:
     first: dict[str, dict[str, float]] = {}
     for style in STYLES:
         started = time.perf_counter()
-        adapters.check(((style, 1.0),))
+        adapters.check([style])
         checked = time.perf_counter()
         # What the worker thread does before the batch's call (the engine is idle here).
         adapters.activate(((style, 1.0),))

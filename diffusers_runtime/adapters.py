@@ -63,6 +63,8 @@ class Adapters:
         self._loaded: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
         # File signature -> what is wrong with it (None: nothing), so each file is read once.
         self._problems: dict[tuple[str, int, int], str | None] = {}
+        # Entries whose names peft cannot take, each warned about once.
+        self._skipped: set[Path] = set()
 
     def available(self) -> dict[str, Adapter]:
         if self.directory is None or not self.directory.is_dir():
@@ -77,19 +79,20 @@ class Adapters:
                 continue
             if set(adapter.name) <= NAME_CHARACTERS:
                 found[adapter.name] = adapter
-            else:
+            elif entry not in self._skipped:
+                self._skipped.add(entry)
                 log.warning("LoRA %s skipped: a name may have letters, digits, _ and - only", entry)
         return found
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": a.name, "description": a.description} for a in self.available().values()]
 
-    def check(self, loras: Loras, where: str = "") -> None:
-        """Every adapter of LORAS is here and fits this pipeline, or a BadRequest says why."""
-        if not loras:
+    def check(self, names: list[str], where: str = "") -> None:
+        """Every adapter NAMES is here and fits this pipeline, or a BadRequest says why."""
+        if not names:
             return
         available = self.available()
-        for name, _ in loras:
+        for name in names:
             adapter = available.get(name)
             if adapter is None:
                 listing = ", ".join(available) or "none (LORA_DIR holds no adapter)"
@@ -159,7 +162,7 @@ class Adapters:
 
     def preload(self, names: list[str]) -> None:
         """Load NAMES now (LORA_PRELOAD), before the runtime reports ready."""
-        self.check(tuple((name, 1.0) for name in names), "LORA_PRELOAD: ")
+        self.check(names, "LORA_PRELOAD: ")
         for name in names:
             self._load(self.available()[name], keep=set(names))
 

@@ -116,7 +116,8 @@ class Generator:
         """One request instance, checked against this model's limits (request.parse) and
         adapters."""
         generation = parse(raw, self.limits, where, strict)
-        self.adapters.check(generation.loras, where)
+        # Every name asked for, those at scale 0 too: a misspelt one is refused, not ignored.
+        self.adapters.check([lora.name for lora in generation.request.loras or ()], where)
         return generation
 
     def capabilities(self) -> dict[str, Any]:

@@ -153,6 +153,7 @@ def test_concurrent_clients_with_different_adapters_get_their_solo_images(served
     ("loras", "says"),
     [
         ([{"name": "sketchy"}], "no adapter 'sketchy' here; available: outline, palette"),
+        ([{"name": "sketchy", "scale": 0}], "no adapter 'sketchy' here"),
         ([{"name": "wider"}], "was trained for another base model: transformer."),
         ([{"name": "unet-family"}], "is for another model family: it has weights for 'unet'"),
         ([{"name": "truncated"}], "could not be read"),
