@@ -69,7 +69,7 @@ def test_lists_tools_with_truthful_annotations_and_schemas(mcp_server: ServerPro
 def test_tools_list_fits_an_agents_context_without_losing_a_field(
     mcp_server: ServerProcess,
 ) -> None:
-    """An agent pays for every character of tools/list: under 12,500 (it was 26,247), with
+    """An agent pays for every character of tools/list: under 15,200 (it was 26,247), with
     every argument described and every result field published. (12,000 until the speed tier,
     which three tools take and two return, added about 450; 12,500 until the seed and guidance
     bounds the runtime enforces, about 50; 13,600 until the LoRA adapters, which three tools

@@ -22,6 +22,10 @@ def test_the_document_carries_the_served_limits(small_runtime: ServerProcess) ->
     assert fields["num_inference_steps"]["anyOf"][0]["maximum"] == 2
     assert fields["num_images"]["anyOf"][0]["maximum"] == 2
     assert fields["prompt"]["maxLength"] == 200
+    # The tiny model has no adapters: only an empty list is valid, in JSON and as JSON text.
+    loras = fields["loras"]["anyOf"][0]
+    assert loras["items"]["properties"]["name"]["enum"] == [] and loras["maxItems"] == 4
+    assert schemas["V2Parameters"]["properties"]["loras"]["pattern"] == r"^\[\]$"
     # The tiny UNet halves the latents once; its norms there need 2x2: 32x32 pixels.
     width = fields["width"]["anyOf"][0]
     assert {"minimum": 32, "maximum": 64, "multipleOf": 8}.items() <= width.items()
