@@ -35,20 +35,20 @@ Loras = tuple[tuple[str, float], ...]
 class Adapter:
     name: str
     path: Path
-    description: str | None
+    metadata: Path
+
+    def description(self) -> str | None:
+        """From the metadata file, read only for a listing: a request needs none."""
+        try:
+            text = json.loads(self.metadata.read_text()).get("description")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return text if isinstance(text, str) else None
 
     def signature(self) -> tuple[str, int, int]:
         """Changes when the file is replaced: a replaced adapter is checked and loaded again."""
         stat = self.path.stat()
         return str(self.path), stat.st_mtime_ns, stat.st_size
-
-
-def _description(path: Path) -> str | None:
-    try:
-        text = json.loads(path.read_text()).get("description")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return text if isinstance(text, str) else None
 
 
 class Adapters:
@@ -72,9 +72,9 @@ class Adapters:
         found = {}
         for entry in sorted(self.directory.iterdir()):
             if entry.is_dir() and (entry / WEIGHTS).is_file():
-                adapter = Adapter(entry.name, entry / WEIGHTS, _description(entry / METADATA))
+                adapter = Adapter(entry.name, entry / WEIGHTS, entry / METADATA)
             elif entry.suffix == ".safetensors" and entry.is_file():
-                adapter = Adapter(entry.stem, entry, _description(entry.with_suffix(".json")))
+                adapter = Adapter(entry.stem, entry, entry.with_suffix(".json"))
             else:
                 continue
             if set(adapter.name) <= NAME_CHARACTERS:
@@ -85,7 +85,7 @@ class Adapters:
         return found
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": a.name, "description": a.description} for a in self.available().values()]
+        return [{"name": a.name, "description": a.description()} for a in self.available().values()]
 
     def check(self, names: list[str], where: str = "") -> None:
         """Every adapter NAMES is here and fits this pipeline, or a BadRequest says why."""
@@ -163,8 +163,9 @@ class Adapters:
     def preload(self, names: list[str]) -> None:
         """Load NAMES now (LORA_PRELOAD), before the runtime reports ready."""
         self.check(names, "LORA_PRELOAD: ")
+        available = self.available()
         for name in names:
-            self._load(self.available()[name], keep=set(names))
+            self._load(available[name], keep=set(names))
 
     def activate(self, loras: Loras) -> None:
         """Make LORAS the pipeline's adapters for its next call. On the engine's worker thread,

@@ -151,13 +151,14 @@ def with_limits(
             for branch in prop.get("anyOf", [prop]):
                 kind = branch.get("type")
                 if kind != "null":
-                    # A list sent as its JSON text is a string: array keywords go to arrays,
-                    # a pattern to strings.
-                    branch.update(
-                        {
-                            key: value
-                            for key, value in extra.items()
-                            if key not in ("maxItems", "items", "pattern")
-                            or (kind == "array") == (key != "pattern")
-                        }
-                    )
+                    branch.update({k: v for k, v in extra.items() if _applies(k, kind)})
+
+
+def _applies(keyword: str, kind: object) -> bool:
+    """Whether KEYWORD constrains a value of type KIND: a list sent as its JSON text (a form
+    part, v2 parameters) is a string, which takes the list's pattern, not its item keywords."""
+    if keyword in ("maxItems", "items"):
+        return kind == "array"
+    if keyword == "pattern":
+        return kind == "string"
+    return True

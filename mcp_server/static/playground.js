@@ -171,6 +171,7 @@ function settings() {
     ? Math.floor(Math.random() * 2 ** 32)
     : Number($("seed").value || 0);
   $("seed").value = seed;
+  const loras = chosenLoras();
   const fields = {
     prompt: $("prompt").value.trim(),
     model: $("model").value || undefined,
@@ -181,7 +182,7 @@ function settings() {
     guidance_scale: $("guidance").value !== "" ? Number($("guidance").value) : undefined,
     negative_prompt: $("negative").value.trim() || undefined,
     speed: $("speed").parentElement.hidden ? undefined : $("speed").value || undefined,
-    loras: chosenLoras().length ? chosenLoras() : undefined,
+    loras: loras.length ? loras : undefined,
     stream: true,
     partial_images: 2,
   };
